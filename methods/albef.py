@@ -1,0 +1,213 @@
+"""ALBEF: Align before Fuse (Li et al., 2021) -- ITC over momentum queues, MLM, ITM with
+contrastive hard negatives, and momentum distillation (MoD). Paper: Sec. 3, Eq. 1-7.
+
+Choices the paper leaves open, taken from the authors' public implementation (salesforce/ALBEF):
+- Temperature: a learnable scalar initialised to ``temp`` (0.07) and clamped in place to
+  [``temp_min``, ``temp_max``] = [0.001, 0.5] at the start of every forward. Teacher
+  similarities use the same temperature.
+- Queues: hold momentum-encoder features, start as random unit vectors, are filled after the
+  ITC loss with the features of the global batch (gathered from all processes), and
+  ``queue_size`` must be divisible by the batch. Only the in-batch diagonal is positive.
+- ITC with MoD trains on mixed targets ``(1 - alpha) y + alpha q`` (same gradient as Eq. 6).
+- Alpha ramp: ``alpha * min(1, step / alpha_warmup_steps)``, with the ramp over the first epoch
+  (steps_per_epoch optimizer steps) unless ``alpha_warmup_steps`` is set.
+- Hard negatives: sampled from ``softmax`` of the student's in-batch similarities to the momentum
+  features; the positive gets weight 0. With ``itm_hard_negatives: false`` (Table 1, rows 1-2)
+  negatives are uniform over the other in-batch pairs.
+- MLM: 15% of tokens, never [PAD] or [CLS] ([SEP] may be masked, as in the reference code);
+  80% [MASK], 10% random id, 10% unchanged. The teacher predicts on the same corrupted text
+  with the momentum image states.
+- Momentum update (EMA 0.995) runs once per optimizer step, after it (the reference code runs
+  it at the start of each forward, which is the same without gradient accumulation).
+
+Table 1 rows (``experiments/albef_table1_*.yaml``): MLM+ITM (``itc: false``,
+``itm_hard_negatives: false``, no distillation), +ITC, +ITM_hard, +ITC_MoD (``distill_itc``),
+Full (+``distill_mlm``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from vlpbench.config import MethodConfig
+from vlpbench.losses import (contrastive_loss, distillation_targets, mlm_loss, negative_sampling_weights,
+                             sample_negatives)
+from vlpbench.masking import mask_tokens_for_mlm
+from vlpbench.method import Batch, Progress, VLPMethod
+from vlpbench.momentum import FeatureQueue, ema_update, momentum_copy
+from vlpbench.registry import register_method
+from vlpbench.zoo import create_text_model, create_vision_encoder
+from vlpbench.zoo.vision import VisionOutput
+
+
+class ALBEFConfig(MethodConfig):
+    name: Literal["albef"] = "albef"
+    embed_dim: int = Field(256, ge=1)
+    queue_size: int = Field(65536, ge=1)
+    momentum: float = Field(0.995, ge=0.0, le=1.0)
+    temp: float = Field(0.07, gt=0.0)
+    temp_min: float = Field(0.001, gt=0.0)
+    temp_max: float = Field(0.5, gt=0.0)
+    alpha: float = Field(0.4, ge=0.0, le=1.0)
+    alpha_warmup_steps: int | None = Field(None, ge=0)  # None: the first epoch
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    mlm_mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    mlm_random_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    itc: bool = True
+    itm_hard_negatives: bool = True
+    distill_itc: bool = True
+    distill_mlm: bool = True
+
+    def check(self, experiment) -> list[str]:
+        problems = []
+        if self.itc and self.queue_size % experiment.train.batch_size:
+            problems.append(f"method.queue_size: {self.queue_size} is not divisible by train.batch_size "
+                            f"{experiment.train.batch_size}")
+        if self.distill_itc and not self.itc:
+            problems.append("method.distill_itc: needs method.itc: true")
+        if self.itm_hard_negatives and not self.itc:
+            problems.append("method.itm_hard_negatives: hard negatives come from ITC similarities; needs method.itc: true")
+        if not self.temp_min <= self.temp <= self.temp_max:
+            problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
+        if self.mlm_mask_fraction + self.mlm_random_fraction > 1.0:
+            problems.append("method.mlm_mask_fraction + method.mlm_random_fraction: must not exceed 1")
+        return problems
+
+
+@register_method
+class ALBEF(VLPMethod):
+    name = "albef"
+    config_class = ALBEFConfig
+
+    def __init__(self, config: ALBEFConfig, model, tokenizer):
+        super().__init__(config, model, tokenizer)
+        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
+        self.text = create_text_model(model.text.preset, self.visual_encoder.width, model.text.pretrained,
+                                      vocab_size=tokenizer.vocab_size)
+        self.vision_proj = nn.Linear(self.visual_encoder.width, config.embed_dim)
+        self.text_proj = nn.Linear(self.text.width, config.embed_dim)
+        self.itm_head = nn.Linear(self.text.width, 2)
+        self.temp = nn.Parameter(torch.tensor(config.temp))
+        if self.needs_teacher:
+            self.teacher = nn.ModuleDict({name: momentum_copy(getattr(self, name)) for name in self._ema_names})
+        if config.itc:
+            self.image_queue = FeatureQueue(config.queue_size, config.embed_dim)
+            self.text_queue = FeatureQueue(config.queue_size, config.embed_dim)
+
+    _ema_names = ("visual_encoder", "vision_proj", "text", "text_proj")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.config.itc or self.config.distill_mlm
+
+    def current_alpha(self, progress: Progress) -> float:
+        ramp = self.config.alpha_warmup_steps
+        ramp = progress.steps_per_epoch if ramp is None else ramp
+        return self.config.alpha * (min(1.0, progress.step / ramp) if ramp > 0 else 1.0)
+
+    # ---- evaluation interface ----
+    def encode_image(self, images: torch.Tensor) -> VisionOutput:
+        return self.visual_encoder(images)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text.encode_text(input_ids, attention_mask)
+
+    def image_embedding(self, image: VisionOutput) -> torch.Tensor:
+        return F.normalize(self.vision_proj(image.cls), dim=-1)
+
+    def text_embedding(self, text_states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
+
+    def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
+        return self.itm_head(self.text.fuse(text_states, attention_mask, image_states)[:, 0])[:, 1]
+
+    # ---- pre-training ----
+    def forward(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        alpha = self.current_alpha(progress)
+        with torch.no_grad():
+            self.temp.clamp_(cfg.temp_min, cfg.temp_max)
+        image = self.encode_image(batch.images)
+        text_states = self.encode_text(batch.input_ids, batch.attention_mask)
+        teacher_image = self.teacher["visual_encoder"](batch.images) if self.needs_teacher else None
+
+        losses = {}
+        sim_i2t = sim_t2i = None
+        if cfg.itc:
+            losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, teacher_image, batch, alpha)
+        losses["loss_itm"] = self.itm_loss(image, text_states, batch.attention_mask, sim_i2t, sim_t2i)
+        losses["loss_mlm"] = self.mlm_loss(image, teacher_image, batch, alpha)
+        losses["loss"] = sum(losses.values())
+        losses["alpha"] = torch.tensor(alpha)
+        losses["temp"] = self.temp.detach()
+        return losses
+
+    def itc_loss(self, image: VisionOutput, text_states: torch.Tensor, teacher_image: VisionOutput,
+                 batch: Batch, alpha: float):
+        """Eq. 1, 2 and 6: contrast against the momentum features of the batch and the queues."""
+        image_feat, text_feat = self.image_embedding(image), self.text_embedding(text_states)
+        with torch.no_grad():
+            image_feat_m = F.normalize(self.teacher["vision_proj"](teacher_image.cls), dim=-1)
+            text_states_m = self.teacher["text"].encode_text(batch.input_ids, batch.attention_mask)
+            text_feat_m = F.normalize(self.teacher["text_proj"](text_states_m[:, 0]), dim=-1)
+            image_feat_all = torch.cat([image_feat_m, self.image_queue.features])
+            text_feat_all = torch.cat([text_feat_m, self.text_queue.features])
+            one_hot = torch.eye(len(batch), image_feat_all.shape[0], device=image_feat.device)
+            teacher_i2t = teacher_t2i = None
+            if self.config.distill_itc:
+                teacher_i2t = image_feat_m @ text_feat_all.T / self.temp
+                teacher_t2i = text_feat_m @ image_feat_all.T / self.temp
+        sim_i2t = image_feat @ text_feat_all.T / self.temp
+        sim_t2i = text_feat @ image_feat_all.T / self.temp
+        loss = contrastive_loss(sim_i2t, sim_t2i, distillation_targets(one_hot, teacher_i2t, alpha),
+                                distillation_targets(one_hot, teacher_t2i, alpha))
+        self.image_queue.enqueue(image_feat_m)
+        self.text_queue.enqueue(text_feat_m)
+        return loss, sim_i2t, sim_t2i
+
+    def itm_loss(self, image: VisionOutput, text_states: torch.Tensor, attention_mask: torch.Tensor,
+                 sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 4: one positive, one negative image per text and one negative text per image,
+        all fused in a single pass of 3B pairs."""
+        bs = text_states.shape[0]
+        hard = self.config.itm_hard_negatives
+        with torch.no_grad():
+            neg_image = sample_negatives(negative_sampling_weights(sim_t2i[:, :bs] if hard else None, bs, hard)
+                                         .to(text_states.device))
+            neg_text = sample_negatives(negative_sampling_weights(sim_i2t[:, :bs] if hard else None, bs, hard)
+                                        .to(text_states.device))
+        texts = torch.cat([text_states, text_states, text_states[neg_text]])
+        masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
+        images = torch.cat([image.states, image.states[neg_image], image.states])
+        logits = self.itm_head(self.text.fuse(texts, masks, images)[:, 0])
+        labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(logits.device)
+        return F.cross_entropy(logits, labels)
+
+    def mlm_loss(self, image: VisionOutput, teacher_image: VisionOutput | None, batch: Batch,
+                 alpha: float) -> torch.Tensor:
+        """Eq. 3 and 7: predict masked tokens from the image and the unmasked text."""
+        cfg, tok = self.config, self.tokenizer
+        masked = mask_tokens_for_mlm(batch.input_ids, tok.vocab_size, tok.mask_id, [tok.pad_id, tok.cls_id],
+                                     cfg.mlm_probability, cfg.mlm_mask_fraction, cfg.mlm_random_fraction)
+        positions = masked.labels != -100
+        fused = self.text.fuse(self.text.encode_text(masked.input_ids, batch.attention_mask), batch.attention_mask,
+                               image.states)
+        logits = self.text.mlm_logits(fused[positions])
+        teacher_logits = None
+        if cfg.distill_mlm:
+            with torch.no_grad():
+                teacher = self.teacher["text"]
+                fused_m = teacher.fuse(teacher.encode_text(masked.input_ids, batch.attention_mask),
+                                       batch.attention_mask, teacher_image.states)
+                teacher_logits = teacher.mlm_logits(fused_m[positions])
+        return mlm_loss(logits, masked.labels[positions], teacher_logits, alpha)
+
+    def after_optimizer_step(self) -> None:
+        if self.needs_teacher:
+            ema_update([getattr(self, n) for n in self._ema_names], [self.teacher[n] for n in self._ema_names],
+                       self.config.momentum)

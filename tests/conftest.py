@@ -1,0 +1,29 @@
+import copy
+
+import pytest
+import torch
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"embedded": {"num_pretrain_images": 24, "captions_per_image": 1, "num_test_images": 6,
+                          "image_size": 32, "max_objects": 3}, "max_text_len": 24},
+    "model": {"vision": {"preset": "vit_mini", "image_size": 32}, "text": {"preset": "bert_mini", "vocab_size": 200}},
+    "method": {"name": "albef", "embed_dim": 32, "queue_size": 16},
+    "train": {"steps": 4, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 1, "log_every": 1},
+    "eval": {"retrieval": {"k_test": 4, "batch_size": 8}},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A config dict for a seconds-long run; data and runs live under tmp_path."""
+    cfg = copy.deepcopy(TINY)
+    cfg["data"]["embedded"]["root"] = str(tmp_path / "data")
+    cfg["output_dir"] = str(tmp_path / "runs")
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlpbench.config import EmbeddedDataConfig
+from vlpbench.data.datasets import DatasetError, SkipReport, load_image, load_image_captions, to_rgb
+from vlpbench.data.embedded import dataset_dir, ensure_embedded_dataset
+
+
+def make_image(path, mode="RGB", size=(12, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 30, 40)).convert(mode).save(path)
+    return path.name
+
+
+@pytest.fixture
+def bad_dataset(tmp_path):
+    root = tmp_path / "images"
+    good = make_image(root / "good.png")
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image at all")
+    full = (root / "good.png").read_bytes()
+    (root / "truncated.png").write_bytes(full[: len(full) // 2])
+    records = [
+        {"image": good, "caption": "a red box"},
+        {"image": "missing.png", "caption": "x"},
+        {"image": "empty.png", "caption": "x"},
+        {"image": "text.png", "caption": "x"},
+        {"image": "truncated.png", "caption": "x"},
+        {"caption": "no image"},
+        {"image": good},
+        {"image": good, "caption": 7},
+        {"image": good, "caption": ["fine", ""]},
+        {"image": good, "caption": ["two", "captions"]},
+    ]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(records))
+    return ann, root
+
+
+@pytest.mark.parametrize("index, problem", [
+    (1, "image file is missing"), (2, "image file is empty"), (3, "cannot be decoded"), (4, "cannot be decoded"),
+    (5, "no 'image'"), (6, "no 'caption'"), (7, "must be a string or a non-empty list"), (8, "non-empty strings"),
+])
+def test_bad_record_error_names_file_index_and_problem(bad_dataset, index, problem):
+    ann, root = bad_dataset
+    records = json.loads(ann.read_text())
+    single = ann.with_name(f"single{index}.json")
+    single.write_text(json.dumps([records[0], records[index]]))
+    with pytest.raises(DatasetError) as info:
+        load_image_captions([str(single)], root, "error", True, SkipReport())
+    message = str(info.value)
+    assert str(single) in message and "record 1" in message and problem in message
+
+
+def test_skip_mode_skips_and_counts(bad_dataset):
+    ann, root = bad_dataset
+    skips = SkipReport()
+    entries = load_image_captions([str(ann)], root, "skip", True, skips)
+    assert [e.captions for e in entries] == [["a red box"], ["two", "captions"]]
+    assert skips.total == 8
+    assert skips.as_dict()["total"] == 8 and len(skips.examples) == 8
+
+
+def test_annotation_file_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"image": "a.png",\n "caption": }]')
+    with pytest.raises(DatasetError, match=r"bad.json: not valid JSON \(line 2"):
+        load_image_captions([str(bad)], tmp_path, "error", True, SkipReport())
+    bad.write_text('{"image": "a.png"}')
+    with pytest.raises(DatasetError, match="expected a JSON list"):
+        load_image_captions([str(bad)], tmp_path, "error", True, SkipReport())
+    with pytest.raises(DatasetError, match="annotation file not found"):
+        load_image_captions([str(tmp_path / "none.json")], tmp_path, "error", True, SkipReport())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "RGBA", "P", "LA", "CMYK", "I;16", "I"])
+def test_every_image_mode_converts_to_rgb(tmp_path, mode):
+    path = tmp_path / f"img.{'tiff' if mode.startswith('I') or mode == 'CMYK' else 'png'}"
+    make_image(path, mode)
+    img = load_image(path)
+    assert img.mode == "RGB" and img.size == (12, 10)
+
+
+def test_transparent_pixels_become_white():
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 255))
+    rgba.putpixel((1, 0), (0, 0, 0, 0))
+    assert np.asarray(to_rgb(rgba)).tolist() == [[[255, 0, 0], [255, 255, 255]]]
+
+
+def test_embedded_dataset_is_deterministic_and_cached(tmp_path):
+    cfg = EmbeddedDataConfig(num_pretrain_images=10, num_test_images=4, image_size=32, root=str(tmp_path))
+    folder = ensure_embedded_dataset(cfg, log=lambda *_: None)
+    first = (folder / "pretrain.json").read_text()
+    mtime = (folder / "manifest.json").stat().st_mtime_ns
+    assert ensure_embedded_dataset(cfg, log=lambda *_: None) == folder
+    assert (folder / "manifest.json").stat().st_mtime_ns == mtime, "not regenerated"
+    other = EmbeddedDataConfig(num_pretrain_images=10, num_test_images=4, image_size=32, root=str(tmp_path / "b"))
+    assert (ensure_embedded_dataset(other, log=lambda *_: None) / "pretrain.json").read_text() == first
+    changed = cfg.model_copy(update={"seed": 1})
+    assert dataset_dir(changed) != folder
+
+
+def test_embedded_dataset_contents(tmp_path):
+    cfg = EmbeddedDataConfig(num_pretrain_images=200, captions_per_image=2, num_test_images=10, image_size=32,
+                             noisy_fraction=0.2, partial_fraction=0.3, root=str(tmp_path))
+    folder = ensure_embedded_dataset(cfg, log=lambda *_: None)
+    pretrain = json.loads((folder / "pretrain.json").read_text())
+    assert len(pretrain) == 400
+    noise = [r["noise"] for r in pretrain]
+    assert 0.1 < sum(n is not None for n in noise) / 400 < 0.3
+    assert {"mismatch", "wrong_attribute"} <= set(noise)
+    assert any(r["partial"] for r in pretrain)
+    clean = [r for r in pretrain if r["noise"] is None]
+    for r in clean[:50]:
+        for phrase in r["phrases"]:
+            assert r["caption"][phrase["start"]:phrase["end"]] == phrase["text"]
+            x, y, w, h = phrase["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= 32 and y + h <= 32
+    test = json.loads((folder / "retrieval_test.json").read_text())
+    assert len(test) == 10 and all(len(r["caption"]) == 5 for r in test)
+    words = " ".join(r["caption"] for r in pretrain).split()
+    assert "big" in words and "large" in words  # synonyms
+    for name in ("vqa_test", "nlvr_test", "ve_test", "grounding_test", "retrieval_train"):
+        assert json.loads((folder / f"{name}.json").read_text()), name
+    ve_labels = {r["label"] for r in json.loads((folder / "ve_test.json").read_text())}
+    assert ve_labels == {"entailment", "neutral", "contradiction"}
+    # every annotation file loads with the standard loader
+    entries = load_image_captions([str(folder / "retrieval_test.json")], folder, "error", True, SkipReport())
+    assert len(entries) == 10

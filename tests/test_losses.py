@@ -1,0 +1,72 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vlpbench.losses import (contrastive_loss, distillation_targets, mlm_loss, negative_sampling_weights,
+                             sample_negatives)
+
+
+def test_contrastive_loss_hand_value():
+    # 2 images x 2 texts; positives on the diagonal.
+    sim = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    eye = torch.eye(2)
+    expected_i2t = (-math.log(math.e**2 / (math.e**2 + 1)) - math.log(math.e / (math.e + 1))) / 2
+    loss = contrastive_loss(sim, sim.T, eye, eye)
+    assert abs(loss.item() - expected_i2t) < 1e-6
+
+
+def test_distillation_with_alpha_zero_is_the_plain_loss():
+    logits = torch.randn(6, 10)
+    teacher = torch.randn(6, 10)
+    targets = torch.randint(10, (6,))
+    plain = F.cross_entropy(logits, targets)
+    torch.testing.assert_close(mlm_loss(logits, targets, teacher, alpha=0.0), plain)
+    one_hot = F.one_hot(targets, 10).float()
+    torch.testing.assert_close(distillation_targets(one_hot, teacher, 0.0), one_hot)
+
+
+def test_distillation_targets_mix_teacher_softmax():
+    one_hot = torch.tensor([[1.0, 0.0]])
+    teacher = torch.tensor([[0.0, 0.0]])  # softmax = [0.5, 0.5]
+    torch.testing.assert_close(distillation_targets(one_hot, teacher, 0.4), torch.tensor([[0.8, 0.2]]))
+
+
+def test_distilled_mlm_gradient_equals_eq7_gradient():
+    """(1-a) CE + a KL(q||p): KL differs from CE on q by q's entropy, which has no gradient."""
+    logits = torch.randn(5, 7, requires_grad=True)
+    teacher, targets, alpha = torch.randn(5, 7), torch.randint(7, (5,)), 0.4
+    ours = mlm_loss(logits, targets, teacher, alpha)
+    q = F.softmax(teacher, -1)
+    eq7 = (1 - alpha) * F.cross_entropy(logits, targets) + alpha * F.kl_div(F.log_softmax(logits, -1), q,
+                                                                             reduction="batchmean")
+    g1, = torch.autograd.grad(ours, logits)
+    g2, = torch.autograd.grad(eq7, logits)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_hard_negatives_never_return_the_positive_and_follow_the_weights():
+    sim = torch.tensor([[5.0, 1.0, 2.0, 0.0],
+                        [0.0, 5.0, 0.0, 3.0],
+                        [1.0, 1.0, 5.0, 1.0],
+                        [2.0, 0.0, 0.0, 5.0]])
+    weights = negative_sampling_weights(sim, 4, hard=True)
+    assert torch.all(weights.diagonal() == 0)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_negatives(weights, gen) for _ in range(20000)])  # [draws, rows]
+    assert not (draws == torch.arange(4)).any()
+    for row in range(4):
+        freq = torch.bincount(draws[:, row], minlength=4).float() / draws.shape[0]
+        expected = weights[row] / weights[row].sum()
+        assert torch.allclose(freq, expected, atol=0.015), (row, freq, expected)
+
+
+def test_uniform_negatives_without_hard_mining():
+    weights = negative_sampling_weights(None, 3, hard=False)
+    assert weights.tolist() == [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
+
+
+def test_hard_negative_weights_survive_softmax_underflow():
+    sim = torch.tensor([[1000.0, -1000.0], [-1000.0, 1000.0]])
+    weights = negative_sampling_weights(sim, 2, hard=True)
+    assert sample_negatives(weights).tolist() == [1, 0]

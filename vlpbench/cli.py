@@ -1,0 +1,157 @@
+"""The ``vlpbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config
+from vlpbench.data.datasets import DatasetError
+
+RETRIEVAL_COLUMNS = {"txt_r1": "TR@1", "txt_r5": "TR@5", "txt_r10": "TR@10", "img_r1": "IR@1", "img_r5": "IR@5",
+                     "img_r10": "IR@10", "r_mean": "r_mean"}
+
+
+def format_retrieval_table(rows: dict[str, dict]) -> str:
+    """Rows of TR/IR recall (percent), one per label."""
+    width = max(len(label) for label in rows)
+    lines = [f"{'':<{width}}  " + "  ".join(f"{label:>7}" for label in RETRIEVAL_COLUMNS.values())]
+    for label, metrics in rows.items():
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{metrics[c]:7.2f}" for c in RETRIEVAL_COLUMNS))
+    return "\n".join(lines)
+
+
+def retrieval_rows(results: dict) -> dict[str, dict]:
+    rows = {}
+    if "retrieval_untrained" in results:
+        rows["untrained (ITM re-rank)"] = results["retrieval_untrained"]["itm"]
+    rows["trained, ITC only"] = results["retrieval"]["itc"]
+    rows["trained, ITM re-rank"] = results["retrieval"]["itm"]
+    rows["chance"] = results["retrieval"]["chance"]
+    return rows
+
+
+def cmd_run(args) -> int:
+    from vlpbench.experiment import run_experiment
+    from vlpbench.rundir import RunDir
+
+    if args.resume:
+        if args.resume == "latest":
+            if not args.experiment:
+                raise ConfigError("--resume latest needs the experiment file to know which runs to search")
+            cfg = load_config(args.experiment, args.override)
+            run = RunDir.latest(cfg.output_dir, cfg.name)
+        else:
+            run = RunDir(args.resume)
+        if args.override:
+            raise ConfigError("a resumed run keeps its saved config.yaml; -o overrides are not allowed with --resume")
+        cfg = run.config()
+    else:
+        if not args.experiment:
+            raise ConfigError("vlpbench run needs an experiment file (or --resume RUN_DIR)")
+        cfg = load_config(args.experiment, args.override)
+        run = RunDir.create(cfg)
+    print(f"run directory: {run.path}")
+    results = run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at)
+    train = results["train"]
+    if not results["complete"]:
+        print(f"stopped at step {train['steps']} of {cfg.train.steps}; continue with: vlpbench run --resume {run.path}")
+        return 0
+    print(f"\npre-trained {cfg.method.name} for {train['steps']} steps in {train['seconds']}s "
+          f"({train['samples_per_s']} samples/s)")
+    if "retrieval" in results:
+        r = results["retrieval"]
+        print(f"zero-shot retrieval on {r['num_images']} images / {r['num_texts']} texts (k_test={r['k_test']}):")
+        print(format_retrieval_table(retrieval_rows(results)))
+    print(f"\nresults: {run.path / 'results.json'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from vlpbench.experiment import evaluate_checkpoint
+
+    eval_cfg = RetrievalEvalConfig(k_test=args.k_test, batch_size=args.batch_size)
+    results = evaluate_checkpoint(args.target, args.ann, args.image_root, eval_cfg, args.on_bad_record, args.device)
+    print(f"zero-shot retrieval on {results['num_images']} images / {results['num_texts']} texts "
+          f"(k_test={results['k_test']}):")
+    print(format_retrieval_table({"ITC only": results["itc"], "ITM re-rank": results["itm"], "chance": results["chance"]}))
+    if results["skipped_records"]["total"]:
+        print(f"skipped {results['skipped_records']['total']} bad records: {results['skipped_records']['by_file_and_problem']}")
+    if args.output:
+        from vlpbench.io import write_json
+        write_json(args.output, results)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from vlpbench.data.embedded import ensure_embedded_dataset
+
+    cfg = load_config(args.experiment, args.override).data.embedded if args.experiment else EmbeddedDataConfig()
+    print(ensure_embedded_dataset(cfg))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from vlpbench.registry import available_methods, get_method
+    from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
+
+    for name in available_methods():
+        fields = get_method(name).config_class.model_fields
+        keys = ", ".join(f"{k}={f.default}" for k, f in fields.items() if k != "name")
+        print(f"method {name}: {keys}")
+    print("vision presets:", ", ".join(VISION_PRESETS))
+    print("text presets:", ", ".join(TEXT_PRESETS))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlpbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="pre-train and evaluate one experiment",
+                         description="Pre-train a method as an experiment YAML describes, then evaluate it.")
+    run.add_argument("experiment", nargs="?", help="experiment YAML file")
+    run.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a config key, e.g. -o train.steps=50 -o method.alpha=0.0")
+    run.add_argument("--resume", metavar="RUN_DIR|latest",
+                     help="continue a run from its latest checkpoint ('latest': newest run of the experiment)")
+    run.add_argument("--stop-at", type=int, metavar="STEP",
+                     help="checkpoint and stop after this step (to fit a time slot); continue with --resume")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="evaluate a trained model on a dataset",
+                        description="Evaluate a run directory or checkpoint on ALBEF-format annotations.")
+    ev.add_argument("target", help="run directory (uses its latest checkpoint) or checkpoint file")
+    ev.add_argument("--task", choices=["retrieval"], default="retrieval")
+    ev.add_argument("--ann", action="append", required=True, help="annotation JSON [{image, caption: [..]}] (repeatable)")
+    ev.add_argument("--image-root", default=".", help="directory image paths are relative to")
+    ev.add_argument("--k-test", type=int, default=16, help="ITM re-ranks this many ITC candidates")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ev.add_argument("--on-bad-record", choices=["error", "skip"], default="error")
+    ev.add_argument("--output", help="also write the metrics to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="generate the embedded dataset and print its folder",
+                          description="Generate (or find cached) the embedded dataset an experiment uses.")
+    data.add_argument("experiment", nargs="?", help="experiment YAML (its data.embedded section); default parameters if absent")
+    data.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
+    data.set_defaults(func=cmd_data)
+
+    lst = sub.add_parser("list", help="list methods (with their config keys) and zoo presets",
+                         description="List registered methods with their config keys and defaults, and zoo presets.")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Experiment configuration: YAML files validated against a schema, with dotted overrides.
+
+Every error names the file, the key path and what was expected. The ``method`` section is
+validated against the config class the named method registers, so each method owns its keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from vlpbench.zoo.text import TEXT_PRESETS
+from vlpbench.zoo.vision import VISION_PRESETS
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EmbeddedDataConfig(StrictModel):
+    """Parameters of the procedurally generated dataset (regenerated only when these change)."""
+    seed: int = 0
+    num_pretrain_images: int = Field(3000, ge=8)
+    captions_per_image: int = Field(2, ge=1)
+    num_test_images: int = Field(100, ge=2)
+    image_size: int = Field(64, ge=16, le=1024)
+    max_objects: int = Field(4, ge=1, le=9)
+    noisy_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    partial_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    root: str | None = None
+
+
+class AnnotationSource(StrictModel):
+    """ALBEF-style JSON annotation file(s) and the directory image paths are relative to."""
+    ann: str | list[str]
+    image_root: str = "."
+
+    @property
+    def ann_files(self) -> list[str]:
+        return [self.ann] if isinstance(self.ann, str) else list(self.ann)
+
+
+class AugmentConfig(StrictModel):
+    crop_scale_min: float = Field(1.0, gt=0.0, le=1.0)  # 1.0: no random-resized-crop
+    hflip: bool = False  # off by default: captions name left and right
+
+
+class DataConfig(StrictModel):
+    embedded: EmbeddedDataConfig = EmbeddedDataConfig()
+    pretrain: AnnotationSource | None = None        # None: the embedded dataset
+    retrieval_test: AnnotationSource | None = None  # None: the embedded dataset
+    max_text_len: int = Field(40, ge=4)
+    on_bad_record: Literal["error", "skip"] = "error"
+    verify_images: bool = True  # decode every image at dataset open; off for huge datasets
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class VisionConfig(StrictModel):
+    preset: str = "vit_mini"
+    pretrained: str | None = None
+    image_size: int | None = Field(None, ge=16)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in VISION_PRESETS:
+            raise ValueError(f"expected one of {sorted(VISION_PRESETS)}")
+        return v
+
+
+class TextConfig(StrictModel):
+    preset: str = "bert_mini"
+    pretrained: str | None = None
+    tokenizer: str | None = None  # None: train WordPiece on the pre-training captions
+    vocab_size: int = Field(1000, ge=32)  # of the trained WordPiece
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in TEXT_PRESETS:
+            raise ValueError(f"expected one of {sorted(TEXT_PRESETS)}")
+        return v
+
+
+class ModelConfig(StrictModel):
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+
+
+class MethodConfig(StrictModel):
+    """Base of every method's config; a method adds its own keys in its own file."""
+    name: str
+
+    def check(self, experiment: "ExperimentConfig") -> list[str]:
+        """Cross-section problems as ``"key.path: message"`` strings (none by default)."""
+        return []
+
+
+class TrainConfig(StrictModel):
+    steps: int = Field(..., ge=1)
+    batch_size: int = Field(..., ge=2)
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    min_lr: float = Field(1e-5, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.02, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(None, gt=0.0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> "TrainConfig":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class RetrievalEvalConfig(StrictModel):
+    enabled: bool = True
+    k_test: int = Field(16, ge=1)  # ITM re-ranks the top-k ITC candidates (ALBEF: 256 COCO, 128 Flickr)
+    batch_size: int = Field(64, ge=1)
+    before_training: bool = False  # also evaluate the randomly initialised model, as a baseline
+
+
+class EvalConfig(StrictModel):
+    retrieval: RetrievalEvalConfig = RetrievalEvalConfig()
+
+
+class ExperimentConfig(StrictModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig
+    train: TrainConfig
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ExperimentConfig":
+        problems = self.method.check(self)
+        if self.data.max_text_len > TEXT_PRESETS[self.model.text.preset].max_positions:
+            problems.append(f"data.max_text_len: {self.data.max_text_len} exceeds the {self.model.text.preset} "
+                            f"preset's {TEXT_PRESETS[self.model.text.preset].max_positions} positions")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` strings; values are parsed as YAML (``50``, ``0.1``, ``true``, ``[1,2]``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
+        node, parts = raw, key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``; sections merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read an experiment file; a top-level ``base: other.yaml`` (relative to this file) is
+    read first and this file's keys are merged over it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: base files form a cycle")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the path of another experiment file")
+    return deep_merge(read_yaml_with_base(path.parent / base, seen + (path.resolve(),)), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    return config_from_dict(read_yaml_with_base(path), source=str(path), overrides=overrides)
+
+
+def config_from_dict(raw: Any, source: str = "<config>", overrides: list[str] | None = None) -> ExperimentConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    schema = experiment_schema(raw, source)
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, schema)) from None
+
+
+def experiment_schema(raw: dict, source: str) -> type[ExperimentConfig]:
+    """The experiment model with ``method`` typed as the named method's own config class."""
+    from vlpbench.registry import available_methods, get_method
+
+    method = raw.get("method")
+    if not isinstance(method, dict) or "name" not in method:
+        raise ConfigError(f"{source}: method.name: required; expected one of {available_methods()}")
+    try:
+        method_cls = get_method(method["name"])
+    except KeyError:
+        raise ConfigError(f"{source}: method.name: unknown method {method['name']!r}; "
+                          f"expected one of {available_methods()}") from None
+    return _experiment_model(method_cls.config_class)
+
+
+@functools.cache
+def _experiment_model(method_config: type[MethodConfig]) -> type[ExperimentConfig]:
+    return create_model(f"Experiment_{method_config.__name__}", __base__=ExperimentConfig, method=(method_config, ...))
+
+
+def format_validation_error(exc: ValidationError, source: str, schema: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(schema, err["loc"][:-1])
+            lines.append(f"{source}: {key}: unknown key; expected one of {allowed}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: {key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = f" (got {err['input']!r})" if err["loc"] else ""
+            lines.append(f"{source}: {key}: {msg}{got}" if key else f"{source}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

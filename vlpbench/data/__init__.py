@@ -1,0 +1,1 @@
+"""Datasets: the embedded generated dataset and loaders for ALBEF-style JSON annotations."""

@@ -1,0 +1,176 @@
+"""Loaders for ALBEF-style JSON annotations, validated when the dataset is opened.
+
+Formats: pre-training ``[{image, caption}]`` (caption a string or a list, one pair per caption);
+retrieval test ``[{image, caption: [..]}]``; retrieval train ``[{image, caption, image_id}]``.
+A bad record (missing field, wrong type, missing / empty / truncated / non-image file) is an
+error naming the annotation file, the record index and the problem; with
+``on_bad_record: skip`` it is skipped and counted instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import Dataset
+
+from vlpbench.data.transforms import ImageTransform
+
+
+class DatasetError(ValueError):
+    """A problem with a dataset file or record, phrased for the user."""
+
+
+@dataclass
+class SkipReport:
+    """Records skipped at open, by annotation file and problem."""
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, ann_file: str, problem: str, message: str) -> None:
+        self.counts[f"{ann_file}: {problem}"] += 1
+        if len(self.examples) < 20:
+            self.examples.append(message)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "by_file_and_problem": dict(self.counts), "examples": self.examples}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: transparency is composited over white, 16/32-bit greys rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode fully (so truncation is caught here) and convert to RGB."""
+    if not path.is_file():
+        raise DatasetError("image file is missing")
+    if path.stat().st_size == 0:
+        raise DatasetError("image file is empty")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"image file cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def read_annotation_file(ann_file: str | Path) -> list:
+    path = Path(ann_file)
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(records, list):
+        raise DatasetError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
+
+
+def _captions_of(record: dict) -> list[str]:
+    caption = record.get("caption")
+    if caption is None:
+        raise DatasetError("record has no 'caption'")
+    captions = [caption] if isinstance(caption, str) else caption
+    if not isinstance(captions, list) or not captions:
+        raise DatasetError(f"'caption' must be a string or a non-empty list of strings, got {type(caption).__name__}")
+    for c in captions:
+        if not isinstance(c, str) or not c.strip():
+            raise DatasetError(f"'caption' entries must be non-empty strings, got {c!r}")
+    return [c.strip() for c in captions]
+
+
+@dataclass
+class ImageCaptions:
+    image: Path
+    captions: list[str]
+    source: str  # "file#index", for error messages
+
+
+def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_record: str, verify_images: bool,
+                        skips: SkipReport) -> list[ImageCaptions]:
+    """Validated (image, captions) entries from all ``ann_files``."""
+    root, entries = Path(image_root), []
+    for ann_file in ann_files:
+        for index, record in enumerate(read_annotation_file(ann_file)):
+            try:
+                entries.append(_validate(record, root, f"{ann_file}#{index}", verify_images))
+            except DatasetError as exc:
+                message = f"{ann_file}: record {index}: {exc}"
+                if on_bad_record != "skip":
+                    raise DatasetError(message + " (set data.on_bad_record: skip to skip and count such records)") from None
+                skips.add(str(ann_file), str(exc).split(" (")[0], message)
+    if not entries:
+        raise DatasetError(f"{', '.join(map(str, ann_files))}: no usable records")
+    return entries
+
+
+def _validate(record, root: Path, source: str, verify_images: bool) -> ImageCaptions:
+    if not isinstance(record, dict):
+        raise DatasetError(f"expected an object with 'image' and 'caption', got {type(record).__name__}")
+    image = record.get("image")
+    if not isinstance(image, str) or not image:
+        raise DatasetError("record has no 'image' path")
+    captions = _captions_of(record)
+    path = root / image
+    if verify_images:
+        load_image(path)
+    elif not path.is_file():
+        raise DatasetError("image file is missing")
+    return ImageCaptions(path, captions, source)
+
+
+class PretrainDataset(Dataset):
+    """One (image, caption) pair per caption. Items are keyed by (index, seed) so random
+    augmentation is a function of the sampler's seed, which makes resumed runs exact."""
+
+    def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
+        self.pairs = [(e, c) for e in entries for c in e.captions]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str]:
+        index, seed = key
+        entry, caption = self.pairs[index]
+        try:
+            image = load_image(entry.image)
+        except DatasetError as exc:  # only reachable with verify_images: false
+            raise DatasetError(f"{entry.source}: {exc}") from None
+        return self.transform(image, torch.Generator().manual_seed(seed)), caption
+
+
+class RetrievalDataset:
+    """Images and their captions, with the index maps R@K needs."""
+
+    def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
+        self.images = [e.image for e in entries]
+        self.texts = [c for e in entries for c in e.captions]
+        self.text_to_image = torch.tensor([i for i, e in enumerate(entries) for _ in e.captions])
+        self.transform = transform
+
+    def image_tensor(self, index: int) -> torch.Tensor:
+        return self.transform(load_image(self.images[index]), None)

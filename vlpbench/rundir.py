@@ -1,0 +1,112 @@
+"""Run directories: ``<output_dir>/<experiment>/<run-id>/`` with the resolved config, the
+environment, metrics, results and checkpoints. Every file is written atomically."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import secrets
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from vlpbench.config import ExperimentConfig, config_to_yaml, load_config
+from vlpbench.io import save_torch, write_json, write_text
+
+PACKAGES = ("vlpbench", "torch", "torchvision", "timm", "transformers", "tokenizers", "pydantic", "numpy", "Pillow",
+            "safetensors", "fvcore", "ptflops", "pandas", "submitit")
+_CHECKPOINT = re.compile(r"^step_(\d+)\.pt$")
+
+
+def git_revision() -> str | None:
+    """The revision of the checkout vlpbench runs from (None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if rev.returncode:
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment(device: torch.device) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+        "git_revision": git_revision(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch_threads": torch.get_num_threads(), "command": sys.argv,
+    }
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, cfg: ExperimentConfig) -> "RunDir":
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        run = cls(Path(cfg.output_dir) / cfg.name / run_id)
+        run.checkpoints.mkdir(parents=True)
+        write_text(run.path / "config.yaml", config_to_yaml(cfg))
+        return run
+
+    @classmethod
+    def latest(cls, output_dir: str, name: str) -> "RunDir":
+        runs = sorted(p for p in (Path(output_dir) / name).glob("*") if (p / "config.yaml").is_file())
+        if not runs:
+            raise FileNotFoundError(f"no run of experiment {name!r} under {output_dir}/{name} to resume")
+        return cls(runs[-1])
+
+    def config(self) -> ExperimentConfig:
+        return load_config(self.path / "config.yaml")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def write_env(self, device: torch.device) -> None:
+        write_json(self.path / "env.json", environment(device))
+
+    def write_results(self, results: dict) -> None:
+        write_json(self.path / "results.json", results)
+
+    def checkpoint_paths(self) -> list[Path]:
+        found = [(int(m[1]), p) for p in self.checkpoints.glob("step_*.pt") if (m := _CHECKPOINT.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest_checkpoint(self) -> Path | None:
+        paths = self.checkpoint_paths()
+        return paths[-1] if paths else None
+
+    def save_checkpoint(self, step: int, state: dict, keep: int) -> Path:
+        path = self.checkpoints / f"step_{step:08d}.pt"
+        save_torch(path, state)
+        for old in self.checkpoint_paths()[:-keep]:
+            old.unlink()
+        return path
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metric lines logged after ``after_step`` (a resumed run logs them again)."""
+        if not self.metrics_file.is_file():
+            return
+        kept = [line for line in self.metrics_file.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= after_step]
+        write_text(self.metrics_file, "".join(line + "\n" for line in kept))

@@ -1,0 +1,172 @@
+"""The pre-training loop shared by all methods.
+
+Exact resume: the data order is a function of (seed, epoch), augmentation of (seed, step,
+sample), and every step re-seeds torch's RNG from (seed, step), so a run restarted from a
+checkpoint draws the same masks, negatives and dropout as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from vlpbench.config import ExperimentConfig, TrainConfig
+from vlpbench.io import append_jsonl
+from vlpbench.method import Progress, VLPMethod
+from vlpbench.rundir import RunDir
+
+
+class ResumableBatchSampler(Sampler):
+    """Endless epochs of shuffled, full batches, starting at any batch number.
+
+    Yields lists of ``(index, augmentation_seed)`` keys for ``PretrainDataset``.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_batch: int = 0):
+        self.num_items, self.batch_size, self.seed, self.start_batch = num_items, batch_size, seed, start_batch
+        self.batches_per_epoch = num_items // batch_size
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batch = self.start_batch
+        while True:
+            epoch, within = divmod(batch, self.batches_per_epoch)
+            order = self.epoch_order(epoch)
+            for b in range(within, self.batches_per_epoch):
+                indices = order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+                base = (self.seed * 1_000_003 + batch) * self.batch_size
+                yield [(i, base + k) for k, i in enumerate(indices)]
+                batch += 1
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 7_919 + step * 104_729 + 1) % (2**63)
+
+
+def build_optimizer(method: VLPMethod, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases, norms and other 1-d parameters (e.g. the temperature) get no weight decay."""
+    params = [p for p in method.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def autocast_context(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if use_bf16:
+        raise ValueError("train.precision: bf16 is supported on CUDA only (bf16 matmul on CPU is far slower than fp32)")
+    return contextlib.nullcontext()
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, method: VLPMethod, dataset, collate, run: RunDir,
+                 device: torch.device, log=print):
+        self.cfg, self.method, self.dataset, self.collate, self.run, self.device, self.log = (
+            cfg, method, dataset, collate, run, device, log)
+        t = cfg.train
+        self.steps_per_epoch = len(dataset) // (t.batch_size * t.grad_accum_steps)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"train.batch_size x train.grad_accum_steps = {t.batch_size * t.grad_accum_steps} "
+                             f"exceeds the {len(dataset)} pre-training pairs")
+        self.optimizer = build_optimizer(method, t)
+        self.state = TrainState()
+
+    def checkpoint_state(self, tokenizer_json: str) -> dict:
+        return {"step": self.state.step, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "config": self.cfg.model_dump(mode="json"), "tokenizer": tokenizer_json}
+
+    def load_checkpoint(self, state: dict) -> None:
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.state.step = state["step"]
+
+    def batches(self) -> Iterator:
+        t = self.cfg.train
+        sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, self.cfg.seed,
+                                        start_batch=self.state.step * t.grad_accum_steps)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
+                            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=self.cfg.data.num_workers > 0)
+        return iter(loader)
+
+    def train_step(self, batches: Iterator) -> dict[str, float]:
+        t, step = self.cfg.train, self.state.step
+        torch.manual_seed(step_seed(self.cfg.seed, step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, t)
+        progress = Progress(step, self.steps_per_epoch, t.steps)
+        logged = defaultdict(float)
+        for _ in range(t.grad_accum_steps):
+            batch = next(batches).to(self.device)
+            with autocast_context(self.device, t.precision):
+                out = self.method(batch, progress)
+            (out["loss"] / t.grad_accum_steps).backward()
+            for key, value in out.items():
+                logged[key] += float(value.detach()) / t.grad_accum_steps
+        if t.grad_clip:
+            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_optimizer_step()
+        self.state.step += 1
+        logged["lr"] = self.optimizer.param_groups[0]["lr"]
+        return logged
+
+    def fit(self, tokenizer_json: str, stop_at: int | None = None) -> dict:
+        """Train to ``train.steps``, or only to ``stop_at`` (checkpointed there, to be resumed)."""
+        t = self.cfg.train
+        last = min(t.steps, stop_at or t.steps)
+        self.method.train()
+        batches = self.batches()
+        window, window_start, seen = defaultdict(float), time.perf_counter(), 0
+        start, first_step = time.perf_counter(), self.state.step
+        bar = tqdm(total=t.steps, initial=self.state.step, desc=self.cfg.name, dynamic_ncols=True, mininterval=1.0)
+        while self.state.step < last:
+            logged = self.train_step(batches)
+            seen += t.batch_size * t.grad_accum_steps
+            for key, value in logged.items():
+                window[key] += value
+            bar.update(1)
+            step = self.state.step
+            if step % t.log_every == 0 or step == t.steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, **{k: v / (seen / (t.batch_size * t.grad_accum_steps)) for k, v in window.items()},
+                          "samples_per_s": seen / elapsed, "epoch": step / self.steps_per_epoch}
+                append_jsonl(self.run.metrics_file, record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
+                window, window_start, seen = defaultdict(float), time.perf_counter(), 0
+            if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last:
+                self.run.save_checkpoint(step, self.checkpoint_state(tokenizer_json), t.keep_checkpoints)
+        bar.close()
+        seconds = time.perf_counter() - start
+        steps_run = self.state.step - first_step
+        return {"steps": self.state.step, "steps_this_session": steps_run, "seconds": round(seconds, 1),
+                "steps_per_epoch": self.steps_per_epoch,
+                "samples_per_s": round(steps_run * t.batch_size * t.grad_accum_steps / max(seconds, 1e-9), 1)}

@@ -1,0 +1,197 @@
+"""BERT-family text encoders split into text-only layers and fusion layers (ALBEF, Sec. 3.1).
+
+The first ``text_layers`` blocks encode text alone; the last ``fusion_layers`` blocks add
+cross-attention to image states. ALBEF-base initialises the 6 text layers from BERT-base layers
+0-5 and the 6 fusion layers from layers 6-11; cross-attention starts random. Weights load from a
+Hugging Face BERT checkpoint (directory, file or hub name) by parameter name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlpbench.zoo.layers import TransformerBlock, padding_mask_to_attn_mask
+from vlpbench.zoo.weights import load_state_dict_from
+
+
+@dataclass(frozen=True)
+class TextPreset:
+    width: int
+    num_heads: int
+    ffn_width: int
+    text_layers: int
+    fusion_layers: int
+    max_positions: int = 512
+    vocab_size: int = 30522
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+
+    @property
+    def num_layers(self) -> int:
+        return self.text_layers + self.fusion_layers
+
+
+TEXT_PRESETS: dict[str, TextPreset] = {
+    # CPU-trainable in minutes; vocab_size is taken from the tokenizer. No dropout: a tiny model trained
+    # for a few hundred steps does not overfit, and dropout costs ~20% of a CPU step.
+    "bert_mini": TextPreset(width=128, num_heads=4, ffn_width=512, text_layers=2, fusion_layers=2, max_positions=64,
+                            dropout=0.0),
+    "bert_small": TextPreset(width=512, num_heads=8, ffn_width=2048, text_layers=4, fusion_layers=4),
+    # ALBEF: BERT-base, 6 text + 6 fusion layers.
+    "bert_base": TextPreset(width=768, num_heads=12, ffn_width=3072, text_layers=6, fusion_layers=6),
+    "bert_large": TextPreset(width=1024, num_heads=16, ffn_width=4096, text_layers=12, fusion_layers=12),
+}
+
+
+class TextEmbeddings(nn.Module):
+    def __init__(self, p: TextPreset):
+        super().__init__()
+        self.word = nn.Embedding(p.vocab_size, p.width)
+        self.position = nn.Embedding(p.max_positions, p.width)
+        self.token_type = nn.Embedding(2, p.width)
+        self.norm = nn.LayerNorm(p.width, eps=p.layer_norm_eps)
+        self.drop = nn.Dropout(p.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions) + self.token_type.weight[0]
+        return self.drop(self.norm(x))
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head; the decoder matrix is tied to the word embeddings."""
+
+    def __init__(self, p: TextPreset, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Linear(p.width, p.width)
+        self.norm = nn.LayerNorm(p.width, eps=p.layer_norm_eps)
+        self.word_embeddings = word_embeddings
+        self.bias = nn.Parameter(torch.zeros(p.vocab_size))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.transform(states)))
+        return F.linear(h, self.word_embeddings.weight, self.bias)
+
+
+class BertTextModel(nn.Module):
+    """Text encoder + multimodal (fusion) encoder + MLM head, as one BERT."""
+
+    def __init__(self, preset: TextPreset, image_width: int):
+        super().__init__()
+        self.preset = preset
+        self.width = preset.width
+        p = preset
+        self.embeddings = TextEmbeddings(p)
+        self.text_layers = nn.ModuleList(
+            TransformerBlock(p.width, p.num_heads, p.ffn_width, p.dropout, eps=p.layer_norm_eps) for _ in range(p.text_layers))
+        self.fusion_layers = nn.ModuleList(
+            TransformerBlock(p.width, p.num_heads, p.ffn_width, p.dropout, cross_width=image_width, eps=p.layer_norm_eps)
+            for _ in range(p.fusion_layers))
+        self.mlm_head = MLMHead(p, self.embeddings.word)
+        self.apply(_init_bert_weights)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(input_ids)
+        mask = padding_mask_to_attn_mask(attention_mask)
+        for layer in self.text_layers:
+            x = layer(x, attn_mask=mask)
+        return x
+
+    def fuse(self, text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor,
+             image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask, ctx_mask = text_states, padding_mask_to_attn_mask(attention_mask), padding_mask_to_attn_mask(image_mask)
+        for layer in self.fusion_layers:
+            x = layer(x, attn_mask=mask, context=image_states, context_mask=ctx_mask)
+        return x
+
+    def mlm_logits(self, fused_states: torch.Tensor) -> torch.Tensor:
+        return self.mlm_head(fused_states)
+
+
+def _init_bert_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) for weights, zero biases, unit LayerNorms."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+_HF_LAYER_PARTS = {
+    "attention.self.query": "self_attn.query", "attention.self.key": "self_attn.key",
+    "attention.self.value": "self_attn.value", "attention.output.dense": "self_attn.out",
+    "attention.output.LayerNorm": "self_attn_post.norm",
+    "crossattention.self.query": "cross_attn.query", "crossattention.self.key": "cross_attn.key",
+    "crossattention.self.value": "cross_attn.value", "crossattention.output.dense": "cross_attn.out",
+    "crossattention.output.LayerNorm": "cross_attn_post.norm",
+    "intermediate.dense": "ffn_in", "output.dense": "ffn_out", "output.LayerNorm": "ffn_post.norm",
+}
+_HF_OTHER = {
+    "embeddings.word_embeddings": "embeddings.word", "embeddings.position_embeddings": "embeddings.position",
+    "embeddings.token_type_embeddings": "embeddings.token_type", "embeddings.LayerNorm": "embeddings.norm",
+    "cls.predictions.transform.dense": "mlm_head.transform", "cls.predictions.transform.LayerNorm": "mlm_head.norm",
+}
+_LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def hf_bert_to_vlpbench(state_dict: dict[str, torch.Tensor], text_layers: int) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face BERT (or BertForMaskedLM / ALBEF xbert) state dict to ours.
+
+    Layer i < text_layers goes to ``text_layers.i``, the rest to ``fusion_layers.(i - text_layers)``.
+    Keys we have no place for (pooler, NSP head, position_ids) are dropped.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("bert.").removeprefix("text_encoder.")
+        if key in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+            out["mlm_head.bias"] = value
+            continue
+        match = _LAYER_KEY.match(key)
+        if match:
+            index, part, kind = int(match[1]), match[2], match[3]
+            if part in _HF_LAYER_PARTS:
+                stack = "text_layers" if index < text_layers else "fusion_layers"
+                local = index if index < text_layers else index - text_layers
+                out[f"{stack}.{local}.{_HF_LAYER_PARTS[part]}.{kind}"] = value
+            continue
+        stem, _, kind = key.rpartition(".")
+        if stem in _HF_OTHER:
+            out[f"{_HF_OTHER[stem]}.{kind}"] = value
+    return out
+
+
+def create_text_model(preset: str, image_width: int, pretrained: str | None = None, **overrides) -> BertTextModel:
+    """Build a text+fusion BERT from a named preset, optionally loading BERT weights.
+
+    ``pretrained`` is a local file or directory, or a hub name (needs network). Missing keys
+    (cross-attention, or everything when loading a smaller checkpoint) keep their random init;
+    the returned model's ``load_report`` lists them.
+    """
+    if preset not in TEXT_PRESETS:
+        raise KeyError(f"unknown text preset {preset!r}; known: {sorted(TEXT_PRESETS)}")
+    p = replace(TEXT_PRESETS[preset], **overrides)
+    model = BertTextModel(p, image_width)
+    model.load_report = None
+    if pretrained:
+        state = hf_bert_to_vlpbench(load_state_dict_from(pretrained, kind="text"), p.text_layers)
+        _check_shapes(model, state, pretrained)
+        result = model.load_state_dict(state, strict=False)
+        model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    return model
+
+
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"pretrained text weights {source!r} do not fit the preset: " + "; ".join(bad[:5]))
+    if not any(k in own for k in state):
+        raise ValueError(f"pretrained text weights {source!r} contain no BERT parameters we recognise")

@@ -1,0 +1,74 @@
+"""Offline tokenizers: a WordPiece vocabulary trained on the training captions, or any local
+Hugging Face tokenizer directory / hub name. Serialises to one JSON string so a checkpoint
+carries the exact tokenizer it was trained with."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                  "mask_token": "[MASK]"}
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
+    """Train a lower-cased BERT-style WordPiece vocabulary on ``texts``."""
+    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return TextTokenizer(PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS))
+
+
+class TextTokenizer:
+    """Batch tokenisation to padded id and mask tensors, plus the special ids MLM needs."""
+
+    def __init__(self, hf: PreTrainedTokenizerFast):
+        missing = [name for name in ("pad_token_id", "cls_token_id", "mask_token_id") if getattr(hf, name) is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks {missing}; vlpbench needs BERT-style [PAD], [CLS] and [MASK] tokens")
+        self.hf = hf
+        self.pad_id, self.cls_id, self.mask_id = hf.pad_token_id, hf.cls_token_id, hf.mask_token_id
+        self.vocab_size = len(hf)
+
+    @classmethod
+    def load(cls, source: str | Path) -> "TextTokenizer":
+        """A file saved by ``save`` or a Hugging Face ``tokenizer.json``, a tokenizer directory, or a hub name."""
+        path = Path(source)
+        if path.is_file():
+            text = path.read_text()
+            if text.startswith('{"special_tokens"'):  # written by ``save``
+                return cls.from_json(text)
+            return cls(PreTrainedTokenizerFast(tokenizer_file=str(path), **SPECIAL_TOKENS))
+        try:
+            return cls(AutoTokenizer.from_pretrained(str(source), use_fast=True))
+        except OSError as exc:
+            raise OSError(f"tokenizer {str(source)!r} is neither a tokenizer.json file, a local tokenizer directory, "
+                          f"nor reachable on the hub: {exc}") from exc
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    def to_json(self) -> str:
+        specials = {k: getattr(self.hf, k) for k in SPECIAL_TOKENS}
+        return json.dumps({"special_tokens": specials, "tokenizer": self.hf.backend_tokenizer.to_str()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "TextTokenizer":
+        data = json.loads(text)
+        return cls(PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(data["tokenizer"]), **data["special_tokens"]))
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.hf(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt",
+                      return_token_type_ids=False)
+        return out["input_ids"], out["attention_mask"]
