@@ -75,3 +75,10 @@ def test_trained_tokenizer_handles_unseen_words_and_round_trips(tmp_path):
     again = TextTokenizer.load(tmp_path / "tokenizer.json")
     assert torch.equal(again(["a red zebra"], 16)[0], tok(["a red zebra"], 16)[0])
     assert again.vocab_size == tok.vocab_size
+
+
+def test_wordpiece_training_is_reproducible():
+    texts = [f"a {c} {s} at the {p}" for c in ("red", "blue", "green") for s in ("box", "star") for p in ("top", "left")]
+    vocabs = [train_wordpiece(texts, vocab_size=80).hf.get_vocab() for _ in range(3)]
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    assert [vocabs[0][t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]

@@ -64,17 +64,19 @@ class DataConfig(StrictModel):
     augment: AugmentConfig = AugmentConfig()
 
 
+def _preset_validator(presets: dict):
+    def check(cls, v: str) -> str:
+        if v not in presets:
+            raise ValueError(f"expected one of {sorted(presets)}")
+        return v
+    return field_validator("preset")(classmethod(check))
+
+
 class VisionConfig(StrictModel):
     preset: str = "vit_mini"
     pretrained: str | None = None
     image_size: int | None = Field(None, ge=16)
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, v: str) -> str:
-        if v not in VISION_PRESETS:
-            raise ValueError(f"expected one of {sorted(VISION_PRESETS)}")
-        return v
+    _known_preset = _preset_validator(VISION_PRESETS)
 
 
 class TextConfig(StrictModel):
@@ -82,13 +84,7 @@ class TextConfig(StrictModel):
     pretrained: str | None = None
     tokenizer: str | None = None  # None: train WordPiece on the pre-training captions
     vocab_size: int = Field(1000, ge=32)  # of the trained WordPiece
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, v: str) -> str:
-        if v not in TEXT_PRESETS:
-            raise ValueError(f"expected one of {sorted(TEXT_PRESETS)}")
-        return v
+    _known_preset = _preset_validator(TEXT_PRESETS)
 
 
 class ModelConfig(StrictModel):

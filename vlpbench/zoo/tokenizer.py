@@ -5,11 +5,12 @@ carries the exact tokenizer it was trained with."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -17,14 +18,29 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
-    """Train a lower-cased BERT-style WordPiece vocabulary on ``texts``."""
-    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
-    tok.train_from_iterator(texts, trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    """A lower-cased BERT-style WordPiece tokenizer whose vocabulary is built from ``texts``.
+
+    The vocabulary is the special tokens, every character seen (alone and as a ``##`` suffix
+    piece, so no word is ever unknown), then whole words by descending frequency (ties broken
+    alphabetically) up to ``vocab_size``. Built by hand rather than with the tokenizers trainer,
+    whose choice among equally frequent merges varies from run to run: the same captions must
+    always give the same ids.
+    """
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    alphabet = sorted({ch for word in counts for ch in word})
+    pieces = list(SPECIAL_TOKENS.values()) + alphabet + [f"##{ch}" for ch in alphabet]
+    if vocab_size < len(pieces):
+        raise ValueError(f"model.text.vocab_size {vocab_size} is below the {len(pieces)} special and character "
+                         "tokens the captions need")
+    known = set(pieces)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in known]
+    vocab = pieces + words[:vocab_size - len(pieces)]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+    cls_id, sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     return TextTokenizer(PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS))
