@@ -72,5 +72,6 @@ def test_resume_equals_uninterrupted(tiny_config):
         assert torch.equal(value, b["model"][key]), key
     steps = [json.loads(line)["step"] for line in interrupted.metrics_file.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
-    losses = lambda run: [json.loads(line)["loss"] for line in run.metrics_file.read_text().splitlines()]
+    def losses(run):
+        return [json.loads(line)["loss"] for line in run.metrics_file.read_text().splitlines()]
     assert losses(full) == losses(interrupted)

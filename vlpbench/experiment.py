@@ -30,25 +30,25 @@ def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, sto
     torch.manual_seed(cfg.seed)
     method = pipeline.build_method(cfg, tokenizer).to(device)
     trainer = Trainer(cfg, method, pipeline.pretrain_dataset(entries, cfg),
-                      pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device, log)
+                      pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device)
     if resume:
         checkpoint = run.latest_checkpoint()
         if checkpoint is None:
             log(f"no checkpoint in {run.checkpoints}; starting from step 0")
         else:
             trainer.load_checkpoint(torch.load(checkpoint, map_location=device, weights_only=False))
-            run.truncate_metrics(trainer.state.step)
-            log(f"resuming {run.path} from step {trainer.state.step}")
+            run.truncate_metrics(trainer.step)
+            log(f"resuming {run.path} from step {trainer.step}")
 
     results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path)}
     retrieval = None
     if cfg.eval.retrieval.enabled:
         retrieval = pipeline.retrieval_dataset(pipeline.open_entries(sources["retrieval_test"], cfg, skips), cfg)
-        if cfg.eval.retrieval.before_training and trainer.state.step == 0:
+        if cfg.eval.retrieval.before_training and trainer.step == 0:
             results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                                 cfg.data.max_text_len, device)
     results["train"] = trainer.fit(tokenizer.to_json(), stop_at)
-    results["complete"] = trainer.state.step == cfg.train.steps
+    results["complete"] = trainer.step == cfg.train.steps
     if retrieval is not None and results["complete"]:
         results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                   cfg.data.max_text_len, device)

@@ -12,7 +12,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -80,44 +79,37 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-
-
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, method: VLPMethod, dataset, collate, run: RunDir,
-                 device: torch.device, log=print):
-        self.cfg, self.method, self.dataset, self.collate, self.run, self.device, self.log = (
-            cfg, method, dataset, collate, run, device, log)
+    def __init__(self, cfg: ExperimentConfig, method: VLPMethod, dataset, collate, run: RunDir, device: torch.device):
+        self.cfg, self.method, self.dataset, self.collate, self.run, self.device = cfg, method, dataset, collate, run, device
         t = cfg.train
         self.steps_per_epoch = len(dataset) // (t.batch_size * t.grad_accum_steps)
         if self.steps_per_epoch == 0:
             raise ValueError(f"train.batch_size x train.grad_accum_steps = {t.batch_size * t.grad_accum_steps} "
                              f"exceeds the {len(dataset)} pre-training pairs")
         self.optimizer = build_optimizer(method, t)
-        self.state = TrainState()
+        self.step = 0  # optimizer steps done
 
     def checkpoint_state(self, tokenizer_json: str) -> dict:
-        return {"step": self.state.step, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"step": self.step, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "config": self.cfg.model_dump(mode="json"), "tokenizer": tokenizer_json}
 
     def load_checkpoint(self, state: dict) -> None:
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.state.step = state["step"]
+        self.step = state["step"]
 
     def batches(self) -> Iterator:
         t = self.cfg.train
         sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, self.cfg.seed,
-                                        start_batch=self.state.step * t.grad_accum_steps)
+                                        start_batch=self.step * t.grad_accum_steps)
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
                             num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=self.cfg.data.num_workers > 0)
         return iter(loader)
 
     def train_step(self, batches: Iterator) -> dict[str, float]:
-        t, step = self.cfg.train, self.state.step
+        t, step = self.cfg.train, self.step
         torch.manual_seed(step_seed(self.cfg.seed, step))
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, t)
@@ -135,7 +127,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_optimizer_step()
-        self.state.step += 1
+        self.step += 1
         logged["lr"] = self.optimizer.param_groups[0]["lr"]
         return logged
 
@@ -145,28 +137,29 @@ class Trainer:
         last = min(t.steps, stop_at or t.steps)
         self.method.train()
         batches = self.batches()
-        window, window_start, seen = defaultdict(float), time.perf_counter(), 0
-        start, first_step = time.perf_counter(), self.state.step
-        bar = tqdm(total=t.steps, initial=self.state.step, desc=self.cfg.name, dynamic_ncols=True, mininterval=1.0)
-        while self.state.step < last:
+        samples_per_step = t.batch_size * t.grad_accum_steps
+        window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
+        start, first_step = time.perf_counter(), self.step
+        bar = tqdm(total=t.steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True, mininterval=1.0)
+        while self.step < last:
             logged = self.train_step(batches)
-            seen += t.batch_size * t.grad_accum_steps
+            window_steps += 1
             for key, value in logged.items():
                 window[key] += value
             bar.update(1)
-            step = self.state.step
-            if step % t.log_every == 0 or step == t.steps:
+            step = self.step
+            if step % t.log_every == 0 or step == last:  # window means, also where a session stops
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, **{k: v / (seen / (t.batch_size * t.grad_accum_steps)) for k, v in window.items()},
-                          "samples_per_s": seen / elapsed, "epoch": step / self.steps_per_epoch}
+                record = {"step": step, **{k: v / window_steps for k, v in window.items()},
+                          "samples_per_s": window_steps * samples_per_step / elapsed, "epoch": step / self.steps_per_epoch}
                 append_jsonl(self.run.metrics_file, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
-                window, window_start, seen = defaultdict(float), time.perf_counter(), 0
+                window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
             if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last:
                 self.run.save_checkpoint(step, self.checkpoint_state(tokenizer_json), t.keep_checkpoints)
         bar.close()
         seconds = time.perf_counter() - start
-        steps_run = self.state.step - first_step
-        return {"steps": self.state.step, "steps_this_session": steps_run, "seconds": round(seconds, 1),
+        steps_run = self.step - first_step
+        return {"steps": self.step, "steps_this_session": steps_run, "seconds": round(seconds, 1),
                 "steps_per_epoch": self.steps_per_epoch,
-                "samples_per_s": round(steps_run * t.batch_size * t.grad_accum_steps / max(seconds, 1e-9), 1)}
+                "samples_per_s": round(steps_run * samples_per_step / max(seconds, 1e-9), 1)}
