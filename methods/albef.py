@@ -177,10 +177,9 @@ class ALBEF(VLPMethod):
         bs = text_states.shape[0]
         hard = self.config.itm_hard_negatives
         with torch.no_grad():
-            neg_image = sample_negatives(negative_sampling_weights(sim_t2i[:, :bs] if hard else None, bs, hard)
-                                         .to(text_states.device))
-            neg_text = sample_negatives(negative_sampling_weights(sim_i2t[:, :bs] if hard else None, bs, hard)
-                                        .to(text_states.device))
+            device = text_states.device
+            neg_image = sample_negatives(negative_sampling_weights(sim_t2i[:, :bs] if hard else None, bs, hard, device))
+            neg_text = sample_negatives(negative_sampling_weights(sim_i2t[:, :bs] if hard else None, bs, hard, device))
         texts = torch.cat([text_states, text_states, text_states[neg_text]])
         masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
         images = torch.cat([image.states, image.states[neg_image], image.states])

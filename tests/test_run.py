@@ -70,6 +70,7 @@ def test_resume_equals_uninterrupted(tiny_config):
     assert a["step"] == b["step"] == 6
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    assert (interrupted.path / "env.json").is_file() and (interrupted.path / "env_resumed_at_00000003.json").is_file()
     steps = [json.loads(line)["step"] for line in interrupted.metrics_file.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     def losses(run):

@@ -61,7 +61,7 @@ def chance_metrics(text_to_image: torch.Tensor) -> dict:
 
 def _topk_rerank(method: VLPMethod, sims: torch.Tensor, k: int, batch_size: int, pair_states) -> torch.Tensor:
     """Scores with ITM for each row's top-k columns and -inf elsewhere."""
-    top_sim, top_idx = sims.topk(min(k, sims.shape[1]), dim=1)
+    top_idx = sims.topk(min(k, sims.shape[1]), dim=1).indices
     rows = torch.arange(sims.shape[0], device=sims.device)[:, None].expand_as(top_idx).reshape(-1)
     cols = top_idx.reshape(-1)
     scores = torch.empty(rows.shape[0], device=sims.device)

@@ -20,7 +20,6 @@ def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, sto
                    log=print) -> dict:
     """Pre-train and evaluate; with ``stop_at`` pre-train only up to that step (resume later)."""
     device = pipeline.resolve_device(cfg.train.device)
-    run.write_env(device)
     sources = pipeline.data_sources(cfg, log)
     skips = SkipReport()
     entries = pipeline.open_entries(sources["pretrain"], cfg, skips)
@@ -39,6 +38,7 @@ def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, sto
             trainer.load_checkpoint(torch.load(checkpoint, map_location=device, weights_only=False))
             run.truncate_metrics(trainer.step)
             log(f"resuming {run.path} from step {trainer.step}")
+    run.write_env(device, resumed_at=trainer.step if resume else None)
 
     results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path)}
     retrieval = None

@@ -28,7 +28,8 @@ def contrastive_loss(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, targets_i2t: 
     return 0.5 * (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i))
 
 
-def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: bool) -> torch.Tensor:
+def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: bool,
+                              device: torch.device | str | None = None) -> torch.Tensor:
     """In-batch sampling weights for ITM negatives; the positive (diagonal) always has weight 0.
 
     ``hard``: proportional to ``softmax(sim)`` (ALBEF's contrastive hard negatives); otherwise
@@ -37,7 +38,7 @@ def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: bool) 
     if hard:
         weights = F.softmax(sim.float(), dim=1) + 1e-9
     else:
-        weights = torch.ones(batch, batch, device=sim.device if sim is not None else None)
+        weights = torch.ones(batch, batch, device=device)
     return weights.fill_diagonal_(0.0)
 
 

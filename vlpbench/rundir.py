@@ -82,8 +82,10 @@ class RunDir:
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def write_env(self, device: torch.device) -> None:
-        write_json(self.path / "env.json", environment(device))
+    def write_env(self, device: torch.device, resumed_at: int | None = None) -> None:
+        """``env.json`` for the first session; a resumed session adds ``env_resumed_at_<step>.json``."""
+        name = "env.json" if resumed_at is None else f"env_resumed_at_{resumed_at:08d}.json"
+        write_json(self.path / name, environment(device))
 
     def write_results(self, results: dict) -> None:
         write_json(self.path / "results.json", results)

@@ -108,22 +108,24 @@ class Trainer:
                             persistent_workers=self.cfg.data.num_workers > 0)
         return iter(loader)
 
-    def train_step(self, batches: Iterator) -> dict[str, float]:
+    def train_step(self, batches: Iterator) -> dict[str, torch.Tensor | float]:
+        """One optimizer step. Logged values stay tensors on the device, so the step never waits
+        for the accelerator; they become floats only when a log line is written."""
         t, step = self.cfg.train, self.step
         torch.manual_seed(step_seed(self.cfg.seed, step))
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         progress = Progress(step, self.steps_per_epoch, t.steps)
-        logged = defaultdict(float)
+        logged = defaultdict(float)  # a float 0 becomes a tensor on the first addition
         for _ in range(t.grad_accum_steps):
             batch = next(batches).to(self.device)
             with autocast_context(self.device, t.precision):
                 out = self.method(batch, progress)
             (out["loss"] / t.grad_accum_steps).backward()
             for key, value in out.items():
-                logged[key] += float(value.detach()) / t.grad_accum_steps
+                logged[key] += value.detach() / t.grad_accum_steps
         if t.grad_clip:
-            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip))
+            logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_optimizer_step()
@@ -150,7 +152,7 @@ class Trainer:
             step = self.step
             if step % t.log_every == 0 or step == last:  # window means, also where a session stops
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, **{k: v / window_steps for k, v in window.items()},
+                record = {"step": step, **{k: float(v) / window_steps for k, v in window.items()},
                           "samples_per_s": window_steps * samples_per_step / elapsed, "epoch": step / self.steps_per_epoch}
                 append_jsonl(self.run.metrics_file, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")

@@ -32,10 +32,6 @@ class TextPreset:
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02  # BERT's initializer_range, for weights trained from scratch
 
-    @property
-    def num_layers(self) -> int:
-        return self.text_layers + self.fusion_layers
-
 
 TEXT_PRESETS: dict[str, TextPreset] = {
     # CPU-trainable in minutes; vocab_size is taken from the tokenizer. Trained from scratch, BERT's init
