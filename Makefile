@@ -1,16 +1,31 @@
 # The two set-up commands README.md names: `make run` and `make test`.
+# Both install into a project virtual environment (.venv, created on first use and reused), so
+# they work on a system Python that refuses `pip install` (PEP 668). An already active virtual
+# environment is used instead.
 PYTHON ?= python3
+VENV ?= .venv
+
+ifdef VIRTUAL_ENV
+BIN := $(VIRTUAL_ENV)/bin
+ENV_READY :=
+else
+BIN := $(VENV)/bin
+ENV_READY := $(VENV)/bin/python
+endif
 
 .PHONY: install install-test run test
 
-install:
-	$(PYTHON) -m pip install -e .
+$(VENV)/bin/python:
+	@$(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): needs Python 3.10+ with venv (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
 
-install-test:
-	$(PYTHON) -m pip install -e ".[test]"
+install: $(ENV_READY)
+	$(BIN)/python -m pip install -e .
+
+install-test: $(ENV_READY)
+	$(BIN)/python -m pip install -e ".[test]"
 
 run: install
-	vlpbench run experiments/quickstart.yaml
+	$(BIN)/vlpbench run experiments/quickstart.yaml
 
 test: install-test
-	$(PYTHON) -m pytest -q
+	$(BIN)/python -m pytest -q

@@ -15,13 +15,17 @@ TINY = {
 }
 
 
+def tiny_config_in(root):
+    """A config dict for a seconds-long run whose data and runs live under ``root``."""
+    cfg = copy.deepcopy(TINY)
+    cfg["data"]["embedded"]["root"] = str(root / "data")
+    cfg["output_dir"] = str(root / "runs")
+    return cfg
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
-    """A config dict for a seconds-long run; data and runs live under tmp_path."""
-    cfg = copy.deepcopy(TINY)
-    cfg["data"]["embedded"]["root"] = str(tmp_path / "data")
-    cfg["output_dir"] = str(tmp_path / "runs")
-    return cfg
+    return tiny_config_in(tmp_path)
 
 
 @pytest.fixture(autouse=True)

@@ -91,3 +91,35 @@ def test_resolved_config_round_trips(tiny_config):
     cfg = config_from_dict(tiny_config)
     again = config_from_dict(yaml.safe_load(config_to_yaml(cfg)))
     assert again == cfg
+
+
+def test_override_errors_blame_the_override_not_the_file(tiny_config, tmp_path):
+    message, path = error_of(tmp_path, tiny_config, ["train.steps=-1"])
+    assert message.startswith("override -o train.steps=-1: train.steps:") and path not in message
+    message, _ = error_of(tmp_path, tiny_config, ["train={steps: 0, batch_size: 4}"])
+    assert message.startswith("override -o train={steps: 0, batch_size: 4}: train.steps")
+    message, _ = error_of(tmp_path, tiny_config, ["method.name=clip"])
+    assert message.startswith("override -o method.name=clip: method.name: unknown method")
+    # a problem across sections names the file and the overrides that took part
+    message, path = error_of(tmp_path, tiny_config, ["train.batch_size=5"])
+    assert message.startswith(f"{path} -o train.batch_size=5:") and "divisible" in message
+    tiny_config["train"]["steps"] = 0  # the file's own mistake is still the file's
+    message, path = error_of(tmp_path, tiny_config, ["train.lr=0.01"])
+    assert message.startswith(f"{path}: train.steps")
+
+
+def test_missing_base_names_the_file_that_refers_to_it(tiny_config, tmp_path):
+    child = write(tmp_path, {"base": "parts/missing.yaml", "name": "child"}, name="child.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(child)
+    message = str(info.value)
+    assert message.startswith(f"{child}: base: 'parts/missing.yaml': no such experiment file")
+    assert str(tmp_path / "parts" / "missing.yaml") in message
+
+
+def test_command_line_arguments_are_validated_with_the_flag_named():
+    from vlpbench.config import RetrievalEvalConfig, validate_arguments
+
+    with pytest.raises(ConfigError) as info:
+        validate_arguments(RetrievalEvalConfig, {"k_test": 0, "batch_size": 8}, {"k_test": "--k-test"})
+    assert str(info.value) == "--k-test: Input should be greater than or equal to 1 (got 0)"

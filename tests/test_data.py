@@ -61,7 +61,12 @@ def test_skip_mode_skips_and_counts(bad_dataset):
     entries = load_image_captions([str(ann)], root, "skip", True, skips)
     assert [e.captions for e in entries] == [["a red box"], ["two", "captions"]]
     assert skips.total == 8
-    assert skips.as_dict()["total"] == 8 and len(skips.examples) == 8
+    # grouped by problem kind, not by message: the text file and the truncated PNG both fail to decode
+    report = skips.as_dict()
+    assert report["total"] == 8 and len(report["by_file_and_problem"]) == 7
+    assert report["by_file_and_problem"][f"{ann}: image file cannot be decoded"] == 2
+    # one example per problem, with the resolved image path
+    assert str(root / "missing.png") in report["examples"][f"{ann}: image file is missing"]
 
 
 def test_annotation_file_errors(tmp_path):
@@ -130,3 +135,40 @@ def test_embedded_dataset_contents(tmp_path):
     # every annotation file loads with the standard loader
     entries = load_image_captions([str(folder / "retrieval_test.json")], folder, "error", True, SkipReport())
     assert len(entries) == 10
+
+
+def test_wrong_image_root_in_skip_mode_says_why_nothing_was_usable(bad_dataset, tmp_path):
+    ann, root = bad_dataset
+    good_only = tmp_path / "good.json"
+    good_only.write_text(json.dumps([{"image": "good.png", "caption": "a"}, {"image": "good.png", "caption": "b"}]))
+    wrong_root = tmp_path / "not_the_images"
+    with pytest.raises(DatasetError) as info:
+        load_image_captions([str(good_only)], wrong_root, "skip", True, SkipReport())
+    message = str(info.value)
+    assert "no usable records: all 2 were skipped" in message
+    assert f"{good_only}: image file is missing: 2" in message
+    assert str(wrong_root / "good.png") in message  # one resolved path shows the root is wrong
+
+
+def test_error_mode_hint_names_the_switch_the_caller_has(bad_dataset):
+    ann, root = bad_dataset
+    with pytest.raises(DatasetError, match=r"\(pass --on-bad-record skip to skip and count such records\)"):
+        load_image_captions([str(ann)], root, "error", True, SkipReport(), "pass --on-bad-record skip")
+    with pytest.raises(DatasetError, match=r"\(set data.on_bad_record: skip to skip"):
+        load_image_captions([str(ann)], root, "error", True, SkipReport())
+
+
+def test_too_few_pretraining_pairs_after_skipping_is_a_clear_error(bad_dataset, tiny_config):
+    from vlpbench.config import config_from_dict
+    from vlpbench.pipeline import pretrain_dataset
+
+    ann, root = bad_dataset
+    cfg = config_from_dict(tiny_config)  # batch_size 4
+    skips = SkipReport()
+    entries = load_image_captions([str(ann)], root, "skip", True, skips)  # 2 records, 3 captions left
+    with pytest.raises(DatasetError) as info:
+        pretrain_dataset(entries, cfg, skips)
+    message = str(info.value)
+    assert message.startswith("2 pre-training records give 3 image-caption pairs, after skipping 8 bad records: ")
+    assert "image file cannot be decoded: 2" in message
+    assert message.endswith("train.batch_size x train.grad_accum_steps = 4 needs at least 4")

@@ -39,3 +39,21 @@ def test_chance_level():
     assert abs(c["img_r1"] - 10.0) < 1e-9
     assert abs(c["txt_r1"] - 10.0) < 1e-9  # 5 of 50 texts
     assert abs(c["txt_r5"] - 100 * (1 - (45 * 44 * 43 * 42 * 41) / (50 * 49 * 48 * 47 * 46))) < 1e-9
+
+
+def test_chance_level_is_defined_for_tiny_test_sets():
+    # 2 images, texts 0,1 -> image 0 and text 2 -> image 1. TR@1: image 0 is hit by 2 of 3 texts (2/3),
+    # image 1 by 1 of 3 (1/3): mean 50%. With K >= 3 candidates every ranking shows all of them: 100%.
+    c = chance_metrics(torch.tensor([0, 0, 1]))
+    assert abs(c["txt_r1"] - 50.0) < 1e-9 and c["txt_r5"] == c["txt_r10"] == 100.0
+    assert c["img_r1"] == 50.0 and c["img_r5"] == c["img_r10"] == 100.0
+    single = chance_metrics(torch.tensor([0]))  # one image, one caption: every ranking is right
+    assert single["r_mean"] == 100.0
+
+
+def test_recall_is_100_where_k_reaches_the_candidates():
+    text_to_image = torch.tensor([0, 1])
+    scores = torch.tensor([[0.1, 0.9], [0.9, 0.1]])  # both wrong at rank 1, right at rank 2
+    m = retrieval_metrics(scores, scores, text_to_image)
+    assert m["txt_r1"] == m["img_r1"] == 0.0
+    assert m["txt_r5"] == m["txt_r10"] == m["img_r5"] == m["img_r10"] == 100.0

@@ -24,3 +24,20 @@ def test_every_subcommand_has_help():
     for sub in ([], ["run"], ["eval"], ["data"], ["list"]):
         result = subprocess.run([sys.executable, "-m", "vlpbench.cli", *sub, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: vlpbench" in result.stdout
+
+
+def make_dry_run(target, env):
+    return subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True, check=True,
+                          env=env).stdout
+
+
+def test_make_commands_install_into_a_project_venv_unless_one_is_active(tmp_path):
+    """PEP 668: a system Python refuses `pip install`, so `make run` / `make test` use a venv."""
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    venv = tmp_path / "venv"
+    out = make_dry_run("test", {**env, "VENV": str(venv)})
+    assert f"-m venv {venv}" in out
+    assert f'{venv}/bin/python -m pip install -e ".[test]"' in out and f"{venv}/bin/python -m pytest -q" in out
+    assert f"{venv}/bin/vlpbench run experiments/quickstart.yaml" in make_dry_run("run", {**env, "VENV": str(venv)})
+    active = make_dry_run("test", {**env, "VIRTUAL_ENV": "/opt/active"})
+    assert "-m venv" not in active and "/opt/active/bin/python -m pip install" in active

@@ -1,8 +1,12 @@
 import json
+import os
+import stat
 
+import pytest
 import torch
 import yaml
 
+from vlpbench.checkpoint import read_checkpoint
 from vlpbench.cli import main
 from vlpbench.config import config_from_dict
 from vlpbench.experiment import run_experiment
@@ -65,8 +69,8 @@ def test_resume_equals_uninterrupted(tiny_config):
     assert [p.name for p in interrupted.checkpoint_paths()] == ["step_00000003.pt"]
     run_experiment(cfg, interrupted, resume=True, **QUIET)
 
-    a = torch.load(full.latest_checkpoint(), weights_only=False)
-    b = torch.load(interrupted.latest_checkpoint(), weights_only=False)
+    a = read_checkpoint(full.latest_checkpoint())
+    b = read_checkpoint(interrupted.latest_checkpoint())
     assert a["step"] == b["step"] == 6
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -76,3 +80,142 @@ def test_resume_equals_uninterrupted(tiny_config):
     def losses(run):
         return [json.loads(line)["loss"] for line in run.metrics_file.read_text().splitlines()]
     assert losses(full) == losses(interrupted)
+
+
+def write_experiment(tmp_path, cfg, name="tiny.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_dirs(tmp_path):
+    folder = tmp_path / "runs" / "tiny"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("stop_at", ["0", "-1", "5"])
+def test_stop_at_outside_1_to_steps_is_refused_before_anything_is_built(tiny_config, tmp_path, capsys, stop_at):
+    path = write_experiment(tmp_path, tiny_config)  # train.steps 4
+    assert main(["run", str(path), "--stop-at", stop_at]) == 2
+    assert f"--stop-at {stop_at}: expected a step from 1 to train.steps (4)" in capsys.readouterr().err
+    assert run_dirs(tmp_path) == [] and not (tmp_path / "data").exists()
+
+
+def test_resume_with_stop_at_not_after_the_checkpoint_is_refused(tiny_config, tmp_path, capsys):
+    tiny_config["eval"]["retrieval"]["enabled"] = False
+    path = write_experiment(tmp_path, tiny_config)
+    assert main(["run", str(path), "--stop-at", "2"]) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    assert main(["run", "--resume", str(run_dir), "--stop-at", "2"]) == 2
+    assert "already has a checkpoint at step 2" in capsys.readouterr().err
+    assert main(["run", "--resume", str(run_dir), "--stop-at", "3"]) == 0
+    assert read_checkpoint(RunDir(run_dir).latest_checkpoint())["step"] == 3
+
+
+def test_failed_start_is_marked_and_resume_latest_skips_it(tiny_config, tmp_path, capsys):
+    tiny_config["eval"]["retrieval"]["enabled"] = False
+    path = write_experiment(tmp_path, tiny_config)
+    assert main(["run", str(path), "--stop-at", "2"]) == 0
+    missing = tmp_path / "missing.json"
+    assert main(["run", str(path), "-o", f"data.pretrain={{ann: {missing}}}"]) == 2
+    resumable, stub = sorted(run_dirs(tmp_path), key=lambda d: not (d / "checkpoints" / "step_00000002.pt").is_file())
+    failed = json.loads((stub / "failed.json").read_text())
+    assert "annotation file not found" in failed["error"] and failed["latest_checkpoint"] is None
+    capsys.readouterr()
+    assert main(["run", str(path), "--resume", "latest"]) == 0
+    assert f"resuming {resumable} from step 2" in capsys.readouterr().out
+    assert read_checkpoint(RunDir(resumable).latest_checkpoint())["step"] == 4
+    assert not (resumable / "failed.json").exists()
+
+
+def test_resume_latest_without_any_checkpoint_says_so(tiny_config, tmp_path, capsys):
+    tiny_config["data"]["pretrain"] = {"ann": str(tmp_path / "missing.json")}
+    path = write_experiment(tmp_path, tiny_config)
+    assert main(["run", str(path)]) == 2
+    assert main(["run", str(path), "--resume", "latest"]) == 2
+    assert "has a checkpoint to resume (1 run directories there have no checkpoint)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask, file_mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_run_directory_files_follow_the_umask(tiny_config, tmp_path, umask, file_mode):
+    path = write_experiment(tmp_path, tiny_config)
+    old = os.umask(umask)
+    try:
+        assert main(["run", str(path), "-o", "train.steps=2"]) == 0
+    finally:
+        os.umask(old)
+    (run_dir,) = run_dirs(tmp_path)
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert {"config.yaml", "env.json", "tokenizer.json", "metrics.jsonl", "results.json", "step_00000002.pt"} <= {
+        p.name for p in files}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(file_mode) for p in files}
+
+
+def test_device_and_precision_this_machine_lacks_fail_at_config_time(tiny_config, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write_experiment(tmp_path, tiny_config)
+    assert main(["run", str(path), "-o", "train.device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.device: 'cuda', but this machine has no usable CUDA device")
+    assert len(err.strip().splitlines()) == 1
+    assert main(["run", str(path), "-o", "train.precision=bf16"]) == 2
+    assert capsys.readouterr().err.startswith("error: train.precision: bf16 is supported on CUDA only")
+    assert run_dirs(tmp_path) == [] and not (tmp_path / "data").exists()
+
+
+def two_image_retrieval_file(tmp_path):
+    data = next((tmp_path / "data").iterdir())
+    records = json.loads((data / "retrieval_test.json").read_text())[:2]
+    for r in records:
+        r["caption"] = r["caption"][:1]
+    small = tmp_path / "two_images.json"
+    small.write_text(json.dumps(records))
+    return small, data
+
+
+def test_tiny_test_sets_evaluate_in_run_and_eval(tiny_config, tmp_path, capsys):
+    assert main(["data", str(write_experiment(tmp_path, tiny_config))]) == 0
+    small, data = two_image_retrieval_file(tmp_path)
+    tiny_config["data"]["retrieval_test"] = {"ann": str(small), "image_root": str(data)}
+    assert main(["run", str(write_experiment(tmp_path, tiny_config)), "-o", "train.steps=2"]) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    retrieval = json.loads((run_dir / "results.json").read_text())["retrieval"]
+    assert retrieval["num_texts"] == 2 and retrieval["chance"]["txt_r1"] == 50.0
+    assert retrieval["itm"]["txt_r5"] == retrieval["itc"]["img_r10"] == 100.0
+    assert main(["eval", str(run_dir), "--ann", str(small), "--image-root", str(data)]) == 0
+    assert "zero-shot retrieval on 2 images / 2 texts" in capsys.readouterr().out
+
+
+def test_eval_arguments_and_skips_speak_the_command_line(tiny_config, tmp_path, capsys):
+    path = write_experiment(tmp_path, tiny_config)
+    assert main(["run", str(path), "-o", "train.steps=1", "-o", "eval.retrieval.enabled=false"]) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--ann", "x.json", "--k-test", "0"]) == 2
+    assert capsys.readouterr().err == "error: --k-test: Input should be greater than or equal to 1 (got 0)\n"
+    small, data = two_image_retrieval_file(tmp_path)
+    records = json.loads(small.read_text()) + [{"image": "nowhere.png", "caption": ["lost"]}]
+    small.write_text(json.dumps(records))
+    args = ["eval", str(run_dir), "--ann", str(small), "--image-root", str(data)]
+    assert main(args) == 2
+    assert "(pass --on-bad-record skip to skip and count such records)" in capsys.readouterr().err
+    assert main(args + ["--on-bad-record", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped 1 bad records: {small}: image file is missing: 1 (e.g. {small}: record 2" in out
+
+
+def test_failed_evaluation_keeps_the_training_result(tiny_config, tmp_path, monkeypatch, capsys):
+    from vlpbench import experiment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr(experiment, "evaluate_retrieval", broken)
+    assert main(["run", str(write_experiment(tmp_path, tiny_config)), "-o", "train.steps=2"]) == 1
+    assert "training finished and is checkpointed, but retrieval evaluation failed" in capsys.readouterr().err
+    (run_dir,) = run_dirs(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["complete"] is True and results["train"]["steps"] == 2
+    assert results["retrieval_error"]["error"] == "RuntimeError: evaluation exploded"
+    assert RunDir(run_dir).latest_checkpoint().name == "step_00000002.pt"
+    assert not (run_dir / "failed.json").exists()

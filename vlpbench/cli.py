@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config
+from vlpbench.checkpoint import CheckpointError
+from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
 from vlpbench.data.datasets import DatasetError
+from vlpbench.experiment import EvaluationError
 
 RETRIEVAL_COLUMNS = {"txt_r1": "TR@1", "txt_r5": "TR@5", "txt_r10": "TR@10", "img_r1": "IR@1", "img_r5": "IR@5",
                      "img_r10": "IR@10", "r_mean": "r_mean"}
@@ -33,24 +36,22 @@ def retrieval_rows(results: dict) -> dict[str, dict]:
 
 def cmd_run(args) -> int:
     from vlpbench.experiment import run_experiment
+    from vlpbench.pipeline import runtime_device
     from vlpbench.rundir import RunDir
 
     if args.resume:
-        if args.resume == "latest":
-            if not args.experiment:
-                raise ConfigError("--resume latest needs the experiment file to know which runs to search")
-            cfg = load_config(args.experiment, args.override)
-            run = RunDir.latest(cfg.output_dir, cfg.name)
-        else:
-            run = RunDir(args.resume)
         if args.override:
             raise ConfigError("a resumed run keeps its saved config.yaml; -o overrides are not allowed with --resume")
+        run = resumable_run(args)
         cfg = run.config()
     else:
         if not args.experiment:
             raise ConfigError("vlpbench run needs an experiment file (or --resume RUN_DIR)")
         cfg = load_config(args.experiment, args.override)
-        run = RunDir.create(cfg)
+        run = None
+    check_stop_at(args.stop_at, cfg.train.steps, run)
+    runtime_device(cfg.train)  # a device or precision this machine lacks fails here, before anything is built
+    run = run or RunDir.create(cfg)
     print(f"run directory: {run.path}")
     results = run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at)
     train = results["train"]
@@ -67,16 +68,44 @@ def cmd_run(args) -> int:
     return 0
 
 
+def resumable_run(args):
+    """The run ``--resume`` names: a run directory, or ``latest`` (the experiment's newest run with a checkpoint)."""
+    from vlpbench.rundir import RunDir
+
+    if args.resume != "latest":
+        if not (Path(args.resume) / "config.yaml").is_file():
+            raise ConfigError(f"--resume {args.resume}: not a run directory (expected config.yaml in it)")
+        return RunDir(args.resume)
+    if not args.experiment:
+        raise ConfigError("--resume latest needs the experiment file to know which runs to search")
+    cfg = load_config(args.experiment)
+    return RunDir.latest(cfg.output_dir, cfg.name)
+
+
+def check_stop_at(stop_at: int | None, steps: int, run) -> None:
+    """``--stop-at`` must lie in 1..train.steps and, on resume, after the newest checkpoint."""
+    if stop_at is None:
+        return
+    if not 1 <= stop_at <= steps:
+        raise ConfigError(f"--stop-at {stop_at}: expected a step from 1 to train.steps ({steps})")
+    latest = run.latest_checkpoint() if run else None
+    if latest is not None and stop_at <= run.checkpoint_step(latest):
+        raise ConfigError(f"--stop-at {stop_at}: the run already has a checkpoint at step "
+                          f"{run.checkpoint_step(latest)} ({latest}); expected a later step")
+
+
 def cmd_eval(args) -> int:
     from vlpbench.experiment import evaluate_checkpoint
 
-    eval_cfg = RetrievalEvalConfig(k_test=args.k_test, batch_size=args.batch_size)
+    eval_cfg = validate_arguments(RetrievalEvalConfig, {"k_test": args.k_test, "batch_size": args.batch_size},
+                                  {"k_test": "--k-test", "batch_size": "--batch-size"})
     results = evaluate_checkpoint(args.target, args.ann, args.image_root, eval_cfg, args.on_bad_record, args.device)
     print(f"zero-shot retrieval on {results['num_images']} images / {results['num_texts']} texts "
           f"(k_test={results['k_test']}):")
     print(format_retrieval_table({"ITC only": results["itc"], "ITM re-rank": results["itm"], "chance": results["chance"]}))
-    if results["skipped_records"]["total"]:
-        print(f"skipped {results['skipped_records']['total']} bad records: {results['skipped_records']['by_file_and_problem']}")
+    skipped = results["skipped_records"]
+    if skipped["total"]:
+        print(f"skipped {skipped['total']} bad records: {skipped['summary']}")
     if args.output:
         from vlpbench.io import write_json
         write_json(args.output, results)
@@ -148,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except EvaluationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -198,7 +198,11 @@ def read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base: expected the path of another experiment file")
-    return deep_merge(read_yaml_with_base(path.parent / base, seen + (path.resolve(),)), raw)
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base!r}: no such experiment file (looked for {base_path.resolve()}; "
+                          "a base path is relative to the file that names it)")
+    return deep_merge(read_yaml_with_base(base_path, seen + (path.resolve(),)), raw)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -209,12 +213,28 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 def config_from_dict(raw: Any, source: str = "<config>", overrides: list[str] | None = None) -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    schema = experiment_schema(raw, source)
+    overrides = overrides or []
+    raw = apply_overrides(raw, overrides)
+    schema = experiment_schema(raw, source_of(("method", "name"), source, overrides))
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, schema)) from None
+        raise ConfigError(format_validation_error(exc, source, schema, overrides)) from None
+
+
+def source_of(loc: tuple, source: str, overrides: list[str]) -> str:
+    """Who set the key at ``loc``: the last ``-o`` override of that key (or of a section holding
+    it, or of a key inside it), else the file. Errors about the whole config name the file and
+    every override."""
+    key = [str(part) for part in loc]
+    if not key:
+        return source + "".join(f" -o {item}" for item in overrides)
+    for item in reversed(overrides):
+        path = item.partition("=")[0].strip().split(".")
+        shared = min(len(path), len(key))
+        if path[:shared] == key[:shared]:
+            return f"override -o {item}"
+    return source
 
 
 def experiment_schema(raw: dict, source: str) -> type[ExperimentConfig]:
@@ -232,15 +252,28 @@ def experiment_schema(raw: dict, source: str) -> type[ExperimentConfig]:
     return _experiment_model(method_cls.config_class)
 
 
+def validate_arguments(model: type[StrictModel], values: dict, flags: dict[str, str]) -> StrictModel:
+    """Command-line values checked by the schema YAML keys use; an error names the flag."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: "
+                                     f"{e['msg'].removeprefix('Value error, ')} (got {e['input']!r})"
+                                     for e in exc.errors())) from None
+
+
 @functools.cache
 def _experiment_model(method_config: type[MethodConfig]) -> type[ExperimentConfig]:
     return create_model(f"Experiment_{method_config.__name__}", __base__=ExperimentConfig, method=(method_config, ...))
 
 
-def format_validation_error(exc: ValidationError, source: str, schema: type[BaseModel]) -> str:
+def format_validation_error(exc: ValidationError, file: str, schema: type[BaseModel],
+                            overrides: list[str] = ()) -> str:
+    """One line per problem: who set the key (file or override), the key path, what was expected."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
+        source = source_of(err["loc"], file, overrides)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(schema, err["loc"][:-1])
             lines.append(f"{source}: {key}: unknown key; expected one of {allowed}")

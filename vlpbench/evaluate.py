@@ -44,14 +44,17 @@ def retrieval_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, text_t
 
 
 def chance_metrics(text_to_image: torch.Tensor) -> dict:
-    """Expected R@K of a random ranking (TR: any of an image's captions in the top K)."""
+    """Expected R@K of a random ranking (TR: any of an image's captions in the top K).
+
+    Defined for every size: where K reaches the number of candidates, R@K is 100%.
+    """
     num_texts, num_images = len(text_to_image), int(text_to_image.max()) + 1
-    per_image = torch.bincount(text_to_image, minlength=num_images).double()
+    per_image = torch.bincount(text_to_image, minlength=num_images).tolist()
     out = {}
     for k in RECALL_AT:
-        miss = torch.tensor([math.comb(num_texts - int(c), k) / math.comb(num_texts, k) for c in per_image],
-                            dtype=torch.float64)
-        out[f"txt_r{k}"] = 100.0 * (1 - miss).mean().item()
+        shown = min(k, num_texts)  # a ranking of n texts shows at most n of them
+        miss = [math.comb(num_texts - c, shown) / math.comb(num_texts, shown) for c in per_image]
+        out[f"txt_r{k}"] = 100.0 * (1 - sum(miss) / num_images)
         out[f"img_r{k}"] = 100.0 * min(1.0, k / num_images)
     out["txt_r_mean"] = sum(out[f"txt_r{k}"] for k in RECALL_AT) / len(RECALL_AT)
     out["img_r_mean"] = sum(out[f"img_r{k}"] for k in RECALL_AT) / len(RECALL_AT)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import torch
 
 from vlpbench import pipeline
+from vlpbench.checkpoint import read_checkpoint
 from vlpbench.config import AnnotationSource, ExperimentConfig, RetrievalEvalConfig, config_from_dict
 from vlpbench.data.datasets import SkipReport
 from vlpbench.evaluate import evaluate_retrieval
@@ -16,46 +18,73 @@ from vlpbench.train import Trainer
 from vlpbench.zoo.tokenizer import TextTokenizer
 
 
+class EvaluationError(RuntimeError):
+    """Evaluation failed after training finished; the training result is saved regardless."""
+
+
 def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, stop_at: int | None = None,
                    log=print) -> dict:
-    """Pre-train and evaluate; with ``stop_at`` pre-train only up to that step (resume later)."""
-    device = pipeline.resolve_device(cfg.train.device)
+    """Pre-train and evaluate; with ``stop_at`` pre-train only up to that step (resume later).
+
+    A session that raises leaves ``failed.json`` (the error, and the checkpoint a resume would
+    start from) in the run directory.
+    """
+    run.failed_file.unlink(missing_ok=True)
+    try:
+        return _run(cfg, run, resume, stop_at, log)
+    except EvaluationError:
+        raise  # training completed: the run is not failed, results.json says what went wrong
+    except BaseException as exc:
+        run.mark_failed(exc)
+        raise
+
+
+def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, log) -> dict:
+    device = pipeline.runtime_device(cfg.train)
     sources = pipeline.data_sources(cfg, log)
     skips = SkipReport()
     entries = pipeline.open_entries(sources["pretrain"], cfg, skips)
+    dataset = pipeline.pretrain_dataset(entries, cfg, skips)
+    retrieval = None
+    if cfg.eval.retrieval.enabled:
+        retrieval = pipeline.retrieval_dataset(pipeline.open_entries(sources["retrieval_test"], cfg, skips), cfg)
+    if skips.total:
+        log(f"skipped {skips.total} bad records: {skips.summary()}")
     tokenizer_file = run.path / "tokenizer.json"
     tokenizer = (TextTokenizer.load(tokenizer_file) if resume and tokenizer_file.is_file()
                  else pipeline.build_tokenizer(cfg, entries, tokenizer_file))
     torch.manual_seed(cfg.seed)
     method = pipeline.build_method(cfg, tokenizer).to(device)
-    trainer = Trainer(cfg, method, pipeline.pretrain_dataset(entries, cfg),
-                      pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device)
+    trainer = Trainer(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device)
     if resume:
-        checkpoint = run.latest_checkpoint()
+        checkpoint = run.read_latest_checkpoint(device, log)
         if checkpoint is None:
             log(f"no checkpoint in {run.checkpoints}; starting from step 0")
         else:
-            trainer.load_checkpoint(torch.load(checkpoint, map_location=device, weights_only=False))
+            trainer.load_checkpoint(checkpoint)
             run.truncate_metrics(trainer.step)
             log(f"resuming {run.path} from step {trainer.step}")
     run.write_env(device, resumed_at=trainer.step if resume else None)
 
-    results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path)}
-    retrieval = None
-    if cfg.eval.retrieval.enabled:
-        retrieval = pipeline.retrieval_dataset(pipeline.open_entries(sources["retrieval_test"], cfg, skips), cfg)
-        if cfg.eval.retrieval.before_training and trainer.step == 0:
-            results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
-                                                                cfg.data.max_text_len, device)
+    results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path),
+               "skipped_records": skips.as_dict()}
+    if retrieval is not None and cfg.eval.retrieval.before_training and trainer.step == 0:
+        results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
+                                                            cfg.data.max_text_len, device)
     results["train"] = trainer.fit(tokenizer.to_json(), stop_at)
     results["complete"] = trainer.step == cfg.train.steps
+    run.write_results(results)  # the training result is on disk before evaluation starts
     if retrieval is not None and results["complete"]:
-        results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
-                                                  cfg.data.max_text_len, device)
-    results["skipped_records"] = skips.as_dict()
-    if skips.total:
-        log(f"skipped {skips.total} bad records: {dict(skips.counts)}")
-    run.write_results(results)
+        try:
+            results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
+                                                      cfg.data.max_text_len, device)
+        except Exception as exc:
+            results["retrieval_error"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            run.write_results(results)
+            raise EvaluationError(f"training finished and is checkpointed, but retrieval evaluation failed: "
+                                  f"{type(exc).__name__}: {exc}. {run.path / 'results.json'} holds the training "
+                                  f"result and the traceback; retry with `vlpbench eval {run.path} ...`") from exc
+        run.write_results(results)
     return results
 
 
@@ -70,7 +99,7 @@ def load_trained(target: str | Path, device: torch.device) -> tuple[ExperimentCo
         checkpoint = target
     else:
         raise FileNotFoundError(f"{target}: neither a run directory nor a checkpoint file")
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    state = read_checkpoint(checkpoint, device)
     cfg = config_from_dict(state["config"], source=f"{checkpoint} (saved config)")
     tokenizer = TextTokenizer.from_json(state["tokenizer"])
     # the checkpoint holds every weight: do not look for the original pretrained files
@@ -84,12 +113,12 @@ def load_trained(target: str | Path, device: torch.device) -> tuple[ExperimentCo
 def evaluate_checkpoint(target: str, ann: list[str], image_root: str, eval_cfg: RetrievalEvalConfig,
                         on_bad_record: str = "error", device: str = "auto") -> dict:
     """Zero-shot retrieval of a trained model on any ALBEF-format retrieval file."""
-    torch_device = pipeline.resolve_device(device)
+    torch_device = pipeline.resolve_device(device, key="--device")
     cfg, method, tokenizer = load_trained(target, torch_device)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_bad_record": on_bad_record})})
     skips = SkipReport()
     source = AnnotationSource(ann=ann, image_root=image_root)
-    dataset = pipeline.retrieval_dataset(pipeline.open_entries(source, cfg, skips), cfg)
+    dataset = pipeline.retrieval_dataset(pipeline.open_entries(source, cfg, skips, "pass --on-bad-record skip"), cfg)
     results = evaluate_retrieval(method, dataset, tokenizer, eval_cfg, cfg.data.max_text_len, torch_device)
     results["skipped_records"] = skips.as_dict()
     return results

@@ -1,10 +1,15 @@
-"""Atomic file writes: write a temporary file in the same folder, then rename over the target."""
+"""Atomic file writes: write a temporary file in the same folder, then rename over the target.
+
+Temporary files are created with mode 0666 less the user's umask, like any other file, so a
+run directory on a shared cluster is as readable as the user's umask allows (``mkstemp`` would
+make every atomically written file private, mode 0600).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +19,8 @@ import torch
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -22,7 +28,7 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from vlpbench.config import AnnotationSource, ExperimentConfig, VisionConfig
-from vlpbench.data.datasets import (ImageCaptions, PretrainDataset, RetrievalDataset, SkipReport,
+from vlpbench.config import AnnotationSource, ConfigError, ExperimentConfig, TrainConfig, VisionConfig
+from vlpbench.data.datasets import (DatasetError, ImageCaptions, PretrainDataset, RetrievalDataset, SkipReport,
                                     load_image_captions)
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.data.transforms import ImageTransform
@@ -17,12 +17,24 @@ from vlpbench.zoo.tokenizer import TextTokenizer, train_wordpiece
 from vlpbench.zoo.vision import VISION_PRESETS
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` / ``cpu`` / ``cuda`` to a device of this machine; ``key`` names the setting in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        raise ConfigError(f"{key}: 'cuda', but this machine has no usable CUDA device (torch {torch.__version__}); "
+                          "use cpu or auto")
     return torch.device(name)
+
+
+def runtime_device(cfg: TrainConfig) -> torch.device:
+    """The device a run trains on; a device or precision this machine cannot give is an error
+    naming the key, raised before data or model are built."""
+    device = resolve_device(cfg.device)
+    if cfg.precision == "bf16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: bf16 is supported on CUDA only, and this run trains on {device.type} "
+                          "(bf16 matmul on CPU is far slower than fp32); use fp32 or auto")
+    return device
 
 
 def image_size_of(vision: VisionConfig) -> int:
@@ -40,13 +52,22 @@ def data_sources(cfg: ExperimentConfig, log=print) -> dict[str, AnnotationSource
     return sources
 
 
-def open_entries(source: AnnotationSource, cfg: ExperimentConfig, skips: SkipReport) -> list[ImageCaptions]:
-    return load_image_captions(source.ann_files, source.image_root, cfg.data.on_bad_record, cfg.data.verify_images, skips)
+def open_entries(source: AnnotationSource, cfg: ExperimentConfig, skips: SkipReport,
+                 skip_hint: str = "set data.on_bad_record: skip") -> list[ImageCaptions]:
+    return load_image_captions(source.ann_files, source.image_root, cfg.data.on_bad_record, cfg.data.verify_images,
+                               skips, skip_hint)
 
 
-def pretrain_dataset(entries: list[ImageCaptions], cfg: ExperimentConfig) -> PretrainDataset:
+def pretrain_dataset(entries: list[ImageCaptions], cfg: ExperimentConfig, skips: SkipReport) -> PretrainDataset:
+    """The pre-training pairs; fewer than one optimizer step needs is an error that says why."""
     aug = cfg.data.augment
-    return PretrainDataset(entries, ImageTransform(image_size_of(cfg.model.vision), aug.crop_scale_min, aug.hflip))
+    dataset = PretrainDataset(entries, ImageTransform(image_size_of(cfg.model.vision), aug.crop_scale_min, aug.hflip))
+    needed = cfg.train.batch_size * cfg.train.grad_accum_steps
+    if len(dataset) < needed:
+        skipped = f", after skipping {skips.total} bad records: {skips.summary()}" if skips.total else ""
+        raise DatasetError(f"{len(entries)} pre-training records give {len(dataset)} image-caption pairs{skipped}; "
+                           f"train.batch_size x train.grad_accum_steps = {needed} needs at least {needed}")
+    return dataset
 
 
 def retrieval_dataset(entries: list[ImageCaptions], cfg: ExperimentConfig) -> RetrievalDataset:

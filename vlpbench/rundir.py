@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from vlpbench.config import ExperimentConfig, config_to_yaml, load_config
-from vlpbench.io import save_torch, write_json, write_text
+from vlpbench.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from vlpbench.io import write_json, write_text
 
 PACKAGES = ("vlpbench", "torch", "torchvision", "timm", "transformers", "tokenizers", "pydantic", "numpy", "Pillow",
             "safetensors", "fvcore", "ptflops", "pandas", "submitit")
@@ -66,10 +67,17 @@ class RunDir:
 
     @classmethod
     def latest(cls, output_dir: str, name: str) -> "RunDir":
-        runs = sorted(p for p in (Path(output_dir) / name).glob("*") if (p / "config.yaml").is_file())
-        if not runs:
-            raise FileNotFoundError(f"no run of experiment {name!r} under {output_dir}/{name} to resume")
-        return cls(runs[-1])
+        """The newest run of experiment ``name`` that has a checkpoint (runs that never saved one
+        cannot be resumed and are passed over)."""
+        folder = Path(output_dir) / name
+        runs = [cls(p) for p in folder.glob("*") if (p / "config.yaml").is_file()]
+        resumable = [run for run in runs if run.checkpoint_paths()]
+        if not resumable:
+            others = f" ({len(runs)} run directories there have no checkpoint)" if runs else ""
+            raise FileNotFoundError(f"no run of experiment {name!r} under {folder} has a checkpoint to resume{others}")
+        # creation order: config.yaml is written once, when the run is created (run ids made in
+        # the same second differ only by a random suffix)
+        return max(resumable, key=lambda run: ((run.path / "config.yaml").stat().st_mtime_ns, run.path.name))
 
     def config(self) -> ExperimentConfig:
         return load_config(self.path / "config.yaml")
@@ -90,6 +98,10 @@ class RunDir:
     def write_results(self, results: dict) -> None:
         write_json(self.path / "results.json", results)
 
+    @staticmethod
+    def checkpoint_step(path: Path) -> int:
+        return int(_CHECKPOINT.match(path.name)[1])
+
     def checkpoint_paths(self) -> list[Path]:
         found = [(int(m[1]), p) for p in self.checkpoints.glob("step_*.pt") if (m := _CHECKPOINT.match(p.name))]
         return [p for _, p in sorted(found)]
@@ -98,12 +110,48 @@ class RunDir:
         paths = self.checkpoint_paths()
         return paths[-1] if paths else None
 
-    def save_checkpoint(self, step: int, state: dict, keep: int) -> Path:
+    def read_latest_checkpoint(self, map_location: torch.device | str = "cpu", log=print) -> dict | None:
+        """The newest readable checkpoint (None if there is none at all).
+
+        Newer files that cannot be read (truncated by a crash, corrupt) are passed over with a
+        warning naming each and why, and renamed to ``<name>.corrupt`` once an older one has
+        loaded, so they are neither tried again nor taken for the latest. If none can be read,
+        nothing is renamed and the error lists them all.
+        """
+        unreadable = []
+        for path in reversed(self.checkpoint_paths()):
+            try:
+                state = read_checkpoint(path, map_location)
+            except CheckpointError as exc:
+                log(f"warning: skipping {exc}")
+                unreadable.append((path, exc))
+                continue
+            for bad, _ in unreadable:
+                bad.rename(bad.with_name(bad.name + ".corrupt"))
+                log(f"warning: renamed the unreadable {bad.name} to {bad.name}.corrupt; resuming from {path.name}")
+            return state
+        if unreadable:
+            raise CheckpointError(f"{self.path}: no readable checkpoint: " + "; ".join(str(e) for _, e in unreadable))
+        return None
+
+    def save_checkpoint(self, step: int, keep: int, **state) -> Path:
         path = self.checkpoints / f"step_{step:08d}.pt"
-        save_torch(path, state)
+        save_checkpoint(path, step, **state)
         for old in self.checkpoint_paths()[:-keep]:
             old.unlink()
         return path
+
+    def mark_failed(self, error: BaseException) -> None:
+        """``failed.json``: why the last session stopped with an error, and the checkpoint a resume
+        would start from (none: the run never saved one and cannot be resumed)."""
+        latest = self.latest_checkpoint()
+        write_json(self.failed_file, {"error": f"{type(error).__name__}: {error}",
+                                      "latest_checkpoint": latest.name if latest else None,
+                                      "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    @property
+    def failed_file(self) -> Path:
+        return self.path / "failed.json"
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines logged after ``after_step`` (a resumed run logs them again)."""

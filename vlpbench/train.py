@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from vlpbench.config import ExperimentConfig, TrainConfig
+from vlpbench.config import ConfigError, ExperimentConfig, TrainConfig
 from vlpbench.io import append_jsonl
 from vlpbench.method import Progress, VLPMethod
 from vlpbench.rundir import RunDir
@@ -71,11 +71,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def autocast_context(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16 and device.type == "cuda":
+    """bf16 autocast on CUDA for ``auto`` and ``bf16``; fp32 elsewhere (``pipeline.runtime_device``
+    has already refused bf16 off CUDA)."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if use_bf16:
-        raise ValueError("train.precision: bf16 is supported on CUDA only (bf16 matmul on CPU is far slower than fp32)")
     return contextlib.nullcontext()
 
 
@@ -90,9 +89,10 @@ class Trainer:
         self.optimizer = build_optimizer(method, t)
         self.step = 0  # optimizer steps done
 
-    def checkpoint_state(self, tokenizer_json: str) -> dict:
-        return {"step": self.step, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "config": self.cfg.model_dump(mode="json"), "tokenizer": tokenizer_json}
+    def save_checkpoint(self, tokenizer_json: str) -> None:
+        self.run.save_checkpoint(self.step, self.cfg.train.keep_checkpoints, model=self.method.state_dict(),
+                                 optimizer=self.optimizer.state_dict(), config=self.cfg.model_dump(mode="json"),
+                                 tokenizer_json=tokenizer_json)
 
     def load_checkpoint(self, state: dict) -> None:
         self.method.load_state_dict(state["model"])
@@ -136,7 +136,10 @@ class Trainer:
     def fit(self, tokenizer_json: str, stop_at: int | None = None) -> dict:
         """Train to ``train.steps``, or only to ``stop_at`` (checkpointed there, to be resumed)."""
         t = self.cfg.train
-        last = min(t.steps, stop_at or t.steps)
+        if stop_at is not None and not self.step < stop_at <= t.steps:
+            raise ConfigError(f"--stop-at {stop_at}: expected a step after the checkpoint's step {self.step} "
+                              f"and at most train.steps ({t.steps})")
+        last = t.steps if stop_at is None else stop_at
         self.method.train()
         batches = self.batches()
         samples_per_step = t.batch_size * t.grad_accum_steps
@@ -158,7 +161,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
                 window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
             if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last:
-                self.run.save_checkpoint(step, self.checkpoint_state(tokenizer_json), t.keep_checkpoints)
+                self.save_checkpoint(tokenizer_json)
         bar.close()
         seconds = time.perf_counter() - start
         steps_run = self.step - first_step

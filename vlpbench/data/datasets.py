@@ -26,23 +26,42 @@ class DatasetError(ValueError):
     """A problem with a dataset file or record, phrased for the user."""
 
 
+class RecordError(DatasetError):
+    """One bad record. ``problem`` is the kind skip counts group by; ``detail`` (the resolved
+    image path, the offending value) goes into the message only."""
+
+    def __init__(self, problem: str, detail: str = ""):
+        super().__init__(f"{problem}: {detail}" if detail else problem)
+        self.problem = problem
+
+
 @dataclass
 class SkipReport:
-    """Records skipped at open, by annotation file and problem."""
+    """Records skipped at open, counted by annotation file and problem, one example message each."""
     counts: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
+    examples: dict[str, str] = field(default_factory=dict)
 
     def add(self, ann_file: str, problem: str, message: str) -> None:
-        self.counts[f"{ann_file}: {problem}"] += 1
-        if len(self.examples) < 20:
-            self.examples.append(message)
+        key = f"{ann_file}: {problem}"
+        self.counts[key] += 1
+        self.examples.setdefault(key, message)
+
+    def merge(self, other: "SkipReport") -> None:
+        self.counts.update(other.counts)
+        for key, message in other.examples.items():
+            self.examples.setdefault(key, message)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def summary(self) -> str:
+        """``file: problem: N (e.g. file: record i: problem: detail)``, for each file and problem."""
+        return "; ".join(f"{key}: {n} (e.g. {self.examples[key]})" for key, n in self.counts.most_common())
+
     def as_dict(self) -> dict:
-        return {"total": self.total, "by_file_and_problem": dict(self.counts), "examples": self.examples}
+        return {"total": self.total, "by_file_and_problem": dict(self.counts), "examples": dict(self.examples),
+                "summary": self.summary()}
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -64,16 +83,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: Path) -> Image.Image:
     """Decode fully (so truncation is caught here) and convert to RGB."""
     if not path.is_file():
-        raise DatasetError("image file is missing")
+        raise RecordError("image file is missing", str(path))
     if path.stat().st_size == 0:
-        raise DatasetError("image file is empty")
+        raise RecordError("image file is empty", str(path))
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as img:
             img.load()
             return to_rgb(img)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"image file cannot be decoded ({type(exc).__name__}: {exc})") from None
+        raise RecordError("image file cannot be decoded", f"{path} ({type(exc).__name__}: {exc})") from None
 
 
 def read_annotation_file(ann_file: str | Path) -> list:
@@ -92,13 +111,13 @@ def read_annotation_file(ann_file: str | Path) -> list:
 def _captions_of(record: dict) -> list[str]:
     caption = record.get("caption")
     if caption is None:
-        raise DatasetError("record has no 'caption'")
+        raise RecordError("record has no 'caption'")
     captions = [caption] if isinstance(caption, str) else caption
     if not isinstance(captions, list) or not captions:
-        raise DatasetError(f"'caption' must be a string or a non-empty list of strings, got {type(caption).__name__}")
+        raise RecordError("'caption' must be a string or a non-empty list of strings", f"got {type(caption).__name__}")
     for c in captions:
         if not isinstance(c, str) or not c.strip():
-            raise DatasetError(f"'caption' entries must be non-empty strings, got {c!r}")
+            raise RecordError("'caption' entries must be non-empty strings", f"got {c!r}")
     return [c.strip() for c in captions]
 
 
@@ -110,35 +129,42 @@ class ImageCaptions:
 
 
 def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_record: str, verify_images: bool,
-                        skips: SkipReport) -> list[ImageCaptions]:
-    """Validated (image, captions) entries from all ``ann_files``."""
-    root, entries = Path(image_root), []
+                        skips: SkipReport, skip_hint: str = "set data.on_bad_record: skip") -> list[ImageCaptions]:
+    """Validated (image, captions) entries from all ``ann_files``; ``skip_hint`` tells the user
+    how to switch skipping on (a YAML key or a command-line flag)."""
+    root, entries, seen, skipped = Path(image_root), [], 0, SkipReport()
     for ann_file in ann_files:
         for index, record in enumerate(read_annotation_file(ann_file)):
+            seen += 1
             try:
                 entries.append(_validate(record, root, f"{ann_file}#{index}", verify_images))
-            except DatasetError as exc:
+            except RecordError as exc:
                 message = f"{ann_file}: record {index}: {exc}"
                 if on_bad_record != "skip":
-                    raise DatasetError(message + " (set data.on_bad_record: skip to skip and count such records)") from None
-                skips.add(str(ann_file), str(exc).split(" (")[0], message)
+                    raise DatasetError(f"{message} ({skip_hint} to skip and count such records)") from None
+                skipped.add(str(ann_file), exc.problem, message)
+    files = ", ".join(map(str, ann_files))
+    if not seen:
+        raise DatasetError(f"{files}: no records (the annotation list is empty)")
     if not entries:
-        raise DatasetError(f"{', '.join(map(str, ann_files))}: no usable records")
+        raise DatasetError(f"{files}: no usable records: all {seen} were skipped (image paths are relative to "
+                           f"{root.resolve()}). By problem: {skipped.summary()}")
+    skips.merge(skipped)
     return entries
 
 
 def _validate(record, root: Path, source: str, verify_images: bool) -> ImageCaptions:
     if not isinstance(record, dict):
-        raise DatasetError(f"expected an object with 'image' and 'caption', got {type(record).__name__}")
+        raise RecordError("expected an object with 'image' and 'caption'", f"got {type(record).__name__}")
     image = record.get("image")
     if not isinstance(image, str) or not image:
-        raise DatasetError("record has no 'image' path")
+        raise RecordError("record has no 'image' path")
     captions = _captions_of(record)
     path = root / image
     if verify_images:
         load_image(path)
     elif not path.is_file():
-        raise DatasetError("image file is missing")
+        raise RecordError("image file is missing", str(path))
     return ImageCaptions(path, captions, source)
 
 

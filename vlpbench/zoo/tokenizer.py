@@ -13,6 +13,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from vlpbench.io import write_text
+
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "mask_token": "[MASK]"}
 
@@ -73,7 +75,7 @@ class TextTokenizer:
                           f"nor reachable on the hub: {exc}") from exc
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
+        write_text(Path(path), self.to_json())
 
     def to_json(self) -> str:
         specials = {k: getattr(self.hf, k) for k in SPECIAL_TOKENS}

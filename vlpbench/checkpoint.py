@@ -1,0 +1,83 @@
+"""Checkpoint files: written so that they load with ``torch.load(..., weights_only=True)``.
+
+A checkpoint holds only tensors and plain containers: ``step``, ``model`` and ``optimizer``
+state dicts, and the resolved ``config`` and ``tokenizer`` as JSON strings. Loading never
+unpickles arbitrary objects, so a crafted file cannot run code, and every failure names the
+file and says what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from vlpbench.io import save_torch
+
+FORMAT = "vlpbench-checkpoint/2"
+REQUIRED_KEYS = ("step", "model", "config", "tokenizer")
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, phrased for the user."""
+
+
+def save_checkpoint(path: Path, step: int, model: dict, optimizer: dict, config: dict, tokenizer_json: str) -> None:
+    save_torch(path, {"format": FORMAT, "step": step, "model": model, "optimizer": optimizer,
+                      "config": json.dumps(config), "tokenizer": tokenizer_json})
+
+
+def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict:
+    """The checkpoint at ``path`` with ``config`` decoded to a dict; ``CheckpointError`` otherwise.
+
+    Reads the current format and the first one (``config`` stored as a dict), both tensors and
+    plain containers only.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith(ZIP_MAGIC):
+        raise CheckpointError(f"{path}: not a checkpoint: expected a .pt file written by `vlpbench run` "
+                              f"(a torch zip archive), got {_describe(head)}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{path}: corrupt checkpoint ({_key_line(exc)})") from None
+        raise CheckpointError(f"{path}: refused: the file holds objects other than tensors and plain containers, "
+                              "and loading them could run code. vlpbench checkpoints never do; do not load this "
+                              f"file. ({_key_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}: "
+                              f"{_key_line(exc)})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: a torch file, but not a vlpbench checkpoint (no {missing}); expected one "
+                              "written by `vlpbench run` under <run dir>/checkpoints/")
+    if isinstance(state["config"], str):
+        state["config"] = json.loads(state["config"])
+    return state
+
+
+def _key_line(exc: BaseException) -> str:
+    """The line of torch's long message that says what was wrong (which global, which record)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+    return next((line for line in lines if "unsupported global" in line.lower()), lines[0].split(". ")[0])[:300]
+
+
+def _describe(head: bytes) -> str:
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x80"):
+        return "a bare pickle (not the zip archive torch.save writes)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file"
+    return f"a text file starting {text.strip().splitlines()[0][:40]!r}" if text.strip() else "a blank text file"
