@@ -68,7 +68,8 @@ def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
 def _key_line(exc: BaseException) -> str:
     """The line of torch's long message that says what was wrong (which global, which record)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
-    return next((line for line in lines if "unsupported global" in line.lower()), lines[0].split(". ")[0])[:300]
+    line = next((line for line in lines if "unsupported global" in line.lower()), lines[0])
+    return line.split(". ")[0][:300]  # the first sentence; torch goes on to explain how to allow-list the object
 
 
 def _describe(head: bytes) -> str:

@@ -83,16 +83,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: Path) -> Image.Image:
     """Decode fully (so truncation is caught here) and convert to RGB."""
     if not path.is_file():
-        raise RecordError("image file is missing", str(path))
+        raise RecordError("image file is missing", str(path.absolute()))
     if path.stat().st_size == 0:
-        raise RecordError("image file is empty", str(path))
+        raise RecordError("image file is empty", str(path.absolute()))
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as img:
             img.load()
             return to_rgb(img)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise RecordError("image file cannot be decoded", f"{path} ({type(exc).__name__}: {exc})") from None
+        raise RecordError("image file cannot be decoded", f"{path.absolute()} ({type(exc).__name__}: {exc})") from None
 
 
 def read_annotation_file(ann_file: str | Path) -> list:
@@ -164,7 +164,7 @@ def _validate(record, root: Path, source: str, verify_images: bool) -> ImageCapt
     if verify_images:
         load_image(path)
     elif not path.is_file():
-        raise RecordError("image file is missing", str(path))
+        raise RecordError("image file is missing", str(path.absolute()))
     return ImageCaptions(path, captions, source)
 
 
