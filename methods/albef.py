@@ -72,6 +72,10 @@ class ALBEFConfig(MethodConfig):
             problems.append("method.distill_itc: needs method.itc: true")
         if self.itm_hard_negatives and not self.itc:
             problems.append("method.itm_hard_negatives: hard negatives come from ITC similarities; needs method.itc: true")
+        retrieval = experiment.eval.retrieval
+        if not self.itc and retrieval.enabled and retrieval.k_test != "all":
+            problems.append(f"eval.retrieval.k_test: {retrieval.k_test} takes ITM candidates from ITC similarities, "
+                            "which method.itc: false never trains; set k_test: all (ITM scores every pair)")
         if not self.temp_min <= self.temp <= self.temp_max:
             problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
         if self.mlm_mask_fraction + self.mlm_random_fraction > 1.0:
@@ -88,7 +92,7 @@ class ALBEF(VLPMethod):
         super().__init__(config, model, tokenizer)
         self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
         self.text = create_text_model(model.text.preset, self.visual_encoder.width, model.text.pretrained,
-                                      vocab_size=tokenizer.vocab_size)
+                                      vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
         self.vision_proj = nn.Linear(self.visual_encoder.width, config.embed_dim)
         self.text_proj = nn.Linear(self.text.width, config.embed_dim)
         self.itm_head = nn.Linear(self.text.width, 2)

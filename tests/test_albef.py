@@ -35,6 +35,7 @@ def test_full_albef_computes_all_losses_and_backpropagates(tiny_config):
 
 
 def test_table1_row1_has_no_itc_and_no_teacher(tiny_config):
+    tiny_config["eval"]["retrieval"]["k_test"] = "all"
     _, method, tok = make(tiny_config, itc=False, itm_hard_negatives=False, distill_itc=False, distill_mlm=False)
     out = method(batch(tok), PROGRESS)
     assert "loss_itc" not in out and not hasattr(method, "teacher") and not hasattr(method, "image_queue")

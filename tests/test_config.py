@@ -67,6 +67,12 @@ def test_inconsistent_ablation_switches(tiny_config, tmp_path):
     tiny_config["method"].update(itc=False, itm_hard_negatives=False, distill_itc=True)
     message, _ = error_of(tmp_path, tiny_config)
     assert "method.distill_itc" in message
+    # without ITC there are no ITC candidates for ITM to re-rank
+    tiny_config["method"]["distill_itc"] = False
+    message, _ = error_of(tmp_path, tiny_config)
+    assert "eval.retrieval.k_test: 4 takes ITM candidates from ITC similarities" in message
+    tiny_config["eval"]["retrieval"]["k_test"] = "all"
+    assert load_config(write(tmp_path, tiny_config)).eval.retrieval.k_test == "all"
 
 
 def test_dotted_overrides(tiny_config, tmp_path):
@@ -122,4 +128,4 @@ def test_command_line_arguments_are_validated_with_the_flag_named():
 
     with pytest.raises(ConfigError) as info:
         validate_arguments(RetrievalEvalConfig, {"k_test": 0, "batch_size": 8}, {"k_test": "--k-test"})
-    assert str(info.value) == "--k-test: Input should be greater than or equal to 1 (got 0)"
+    assert str(info.value) == "--k-test: expected an integer >= 1 or 'all' (got 0)"

@@ -57,3 +57,73 @@ def test_recall_is_100_where_k_reaches_the_candidates():
     m = retrieval_metrics(scores, scores, text_to_image)
     assert m["txt_r1"] == m["img_r1"] == 0.0
     assert m["txt_r5"] == m["txt_r10"] == m["img_r5"] == m["img_r10"] == 100.0
+
+
+class TableMethod:
+    """A stand-in method whose ITM score of (text t, image i) is ``table[t, i]`` and whose ITC
+    embedding ranks every pair the same (all features equal): only the ITM ranking can succeed."""
+
+    training = False
+
+    def __init__(self, table):
+        self.table, self.calls = table, 0
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def encode_image(self, images):
+        from vlpbench.zoo.vision import VisionOutput
+        index = images[:, 0, 0, 0].long()[:, None, None].float()
+        return VisionOutput(states=index, cls=index[:, 0])
+
+    def encode_text(self, input_ids, attention_mask):
+        return input_ids[:, :, None].float()
+
+    def image_embedding(self, image):
+        return torch.ones(image.cls.shape[0], 4) / 2
+
+    def text_embedding(self, text_states):
+        return torch.ones(text_states.shape[0], 4) / 2
+
+    def match_score(self, text_states, attention_mask, image_states):
+        self.calls += text_states.shape[0]
+        return self.table[text_states[:, 0, 0].long(), image_states[:, 0, 0].long()]
+
+
+class IndexDataset:
+    def __init__(self, num_images, captions_per_image):
+        self.images = list(range(num_images))
+        self.texts = [f"t{k}" for k in range(num_images * captions_per_image)]
+        self.text_to_image = torch.arange(num_images).repeat_interleave(captions_per_image)
+
+    def image_tensor(self, index):
+        return torch.full((3, 2, 2), float(index))
+
+
+def index_tokenizer(texts, max_len):
+    ids = torch.tensor([[int(t[1:])] for t in texts])
+    return ids, torch.ones_like(ids)
+
+
+def test_k_test_all_ranks_every_candidate_by_itm():
+    from vlpbench.config import RetrievalEvalConfig
+    from vlpbench.evaluate import evaluate_retrieval
+
+    data = IndexDataset(num_images=6, captions_per_image=2)
+    # ITM puts text t's image first for t even, second (after image i+1) for t odd
+    table = torch.zeros(12, 6)
+    for t, i in enumerate(data.text_to_image.tolist()):
+        table[t, i] = 1.0 if t % 2 == 0 else 0.5
+        table[t, (i + 1) % 6] = 0.9 if t % 2 else 0.0
+    method = TableMethod(table)
+    out = evaluate_retrieval(method, data, index_tokenizer, RetrievalEvalConfig(k_test="all", batch_size=5), 8, "cpu")
+    assert method.calls == 6 * 12  # every pair once, shared by both directions
+    assert out["ranking"] == "ITM over all candidates"
+    assert out["itm"]["img_r1"] == 50.0 and out["itm"]["img_r5"] == 100.0  # even texts rank 1, odd rank 2
+    assert out["itm"]["txt_r1"] == 100.0  # each image's even caption scores 1.0, the highest
+    # with k_test 1 the candidates come from the (uninformative) ITC similarities, which tie everywhere
+    out_k1 = evaluate_retrieval(TableMethod(table), data, index_tokenizer, RetrievalEvalConfig(k_test=1), 8, "cpu")
+    assert out_k1["ranking"] == "ITC top-1, re-ranked by ITM" and out_k1["itm"]["img_r1"] < 50.0

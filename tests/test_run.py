@@ -192,7 +192,7 @@ def test_eval_arguments_and_skips_speak_the_command_line(tiny_config, tmp_path, 
     (run_dir,) = run_dirs(tmp_path)
     capsys.readouterr()
     assert main(["eval", str(run_dir), "--ann", "x.json", "--k-test", "0"]) == 2
-    assert capsys.readouterr().err == "error: --k-test: Input should be greater than or equal to 1 (got 0)\n"
+    assert capsys.readouterr().err == "error: --k-test: expected an integer >= 1 or 'all' (got 0)\n"
     small, data = two_image_retrieval_file(tmp_path)
     records = json.loads(small.read_text()) + [{"image": "nowhere.png", "caption": ["lost"]}]
     small.write_text(json.dumps(records))
@@ -219,3 +219,25 @@ def test_failed_evaluation_keeps_the_training_result(tiny_config, tmp_path, monk
     assert results["retrieval_error"]["error"] == "RuntimeError: evaluation exploded"
     assert RunDir(run_dir).latest_checkpoint().name == "step_00000002.pt"
     assert not (run_dir / "failed.json").exists()
+
+
+def test_learning_curve_is_logged_at_the_configured_steps_and_survives_resume(tiny_config):
+    tiny_config["train"].update(steps=5, checkpoint_every=2)
+    tiny_config["eval"].update(every_steps=2, curve_images=4)
+    cfg = config_from_dict(tiny_config)
+
+    def curve(run):
+        lines = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+        return [(m["step"], m["curve_itc_r_mean"]) for m in lines if "curve_itc_r_mean" in m]
+
+    full = RunDir.create(cfg)
+    results = run_experiment(cfg, full, **QUIET)
+    steps = [step for step, _ in curve(full)]
+    assert steps == [2, 4, 5]  # every 2 steps, and the last step
+    assert all(0.0 <= value <= 100.0 for _, value in curve(full))
+    assert results["train"]["curve_seconds"] >= 0.0
+
+    interrupted = RunDir.create(cfg)
+    run_experiment(cfg, interrupted, stop_at=3, **QUIET)
+    run_experiment(cfg, interrupted, resume=True, **QUIET)
+    assert curve(interrupted) == curve(full)

@@ -9,7 +9,14 @@ from pathlib import Path
 from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
 from vlpbench.data.datasets import DatasetError
-from vlpbench.experiment import EvaluationError
+from vlpbench.data.embedded import ensure_embedded_dataset
+from vlpbench.experiment import EvaluationError, evaluate_checkpoint, run_experiment
+from vlpbench.io import write_json
+from vlpbench.pipeline import runtime_device
+from vlpbench.registry import available_methods, get_method
+from vlpbench.rundir import RunDir
+from vlpbench.summary import format_summary, read_results, summarize
+from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
 
 RETRIEVAL_COLUMNS = {"txt_r1": "TR@1", "txt_r5": "TR@5", "txt_r10": "TR@10", "img_r1": "IR@1", "img_r5": "IR@5",
                      "img_r10": "IR@10", "r_mean": "r_mean"}
@@ -27,18 +34,16 @@ def format_retrieval_table(rows: dict[str, dict]) -> str:
 def retrieval_rows(results: dict) -> dict[str, dict]:
     rows = {}
     if "retrieval_untrained" in results:
-        rows["untrained (ITM re-rank)"] = results["retrieval_untrained"]["itm"]
+        rows["untrained, ITM ranking"] = results["retrieval_untrained"]["itm"]
     rows["trained, ITC only"] = results["retrieval"]["itc"]
-    rows["trained, ITM re-rank"] = results["retrieval"]["itm"]
+    rows["trained, ITM ranking"] = results["retrieval"]["itm"]
     rows["chance"] = results["retrieval"]["chance"]
     return rows
 
 
 def cmd_run(args) -> int:
-    from vlpbench.experiment import run_experiment
-    from vlpbench.pipeline import runtime_device
-    from vlpbench.rundir import RunDir
-
+    if args.seeds and (args.resume or args.stop_at):
+        raise ConfigError("--seeds runs each seed to the end; it does not combine with --resume or --stop-at")
     if args.resume:
         if args.override:
             raise ConfigError("a resumed run keeps its saved config.yaml; -o overrides are not allowed with --resume")
@@ -51,27 +56,46 @@ def cmd_run(args) -> int:
         run = None
     check_stop_at(args.stop_at, cfg.train.steps, run)
     runtime_device(cfg.train)  # a device or precision this machine lacks fails here, before anything is built
+    if args.seeds:
+        return run_seeds(args, cfg)
     run = run or RunDir.create(cfg)
     print(f"run directory: {run.path}")
-    results = run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at)
+    report_run(cfg, run, run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at))
+    return 0
+
+
+def run_seeds(args, first_cfg) -> int:
+    """One run per seed (``seed`` overridden; the embedded dataset stays fixed), then the summary."""
+    runs = []
+    for seed in args.seeds:
+        cfg = load_config(args.experiment, [*args.override, f"seed={seed}"])
+        run = RunDir.create(cfg)
+        print(f"seed {seed}: run directory {run.path}")
+        report_run(cfg, run, run_experiment(cfg, run))
+        runs.append(run.path)
+    summary = summarize(read_results(runs))
+    path = Path(first_cfg.output_dir) / first_cfg.name / f"seeds_{'-'.join(map(str, args.seeds))}_{runs[0].name}.json"
+    write_json(path, summary)
+    print("\n" + format_summary(summary) + f"\n\nsummary: {path}")
+    return 0
+
+
+def report_run(cfg, run, results: dict) -> None:
     train = results["train"]
     if not results["complete"]:
         print(f"stopped at step {train['steps']} of {cfg.train.steps}; continue with: vlpbench run --resume {run.path}")
-        return 0
+        return
     print(f"\npre-trained {cfg.method.name} for {train['steps']} steps in {train['seconds']}s "
           f"({train['samples_per_s']} samples/s)")
     if "retrieval" in results:
         r = results["retrieval"]
-        print(f"zero-shot retrieval on {r['num_images']} images / {r['num_texts']} texts (k_test={r['k_test']}):")
+        print(f"zero-shot retrieval on {r['num_images']} images / {r['num_texts']} texts ({r['ranking']}):")
         print(format_retrieval_table(retrieval_rows(results)))
     print(f"\nresults: {run.path / 'results.json'}")
-    return 0
 
 
 def resumable_run(args):
     """The run ``--resume`` names: a run directory, or ``latest`` (the experiment's newest run with a checkpoint)."""
-    from vlpbench.rundir import RunDir
-
     if args.resume != "latest":
         if not (Path(args.resume) / "config.yaml").is_file():
             raise ConfigError(f"--resume {args.resume}: not a run directory (expected config.yaml in it)")
@@ -95,35 +119,43 @@ def check_stop_at(stop_at: int | None, steps: int, run) -> None:
 
 
 def cmd_eval(args) -> int:
-    from vlpbench.experiment import evaluate_checkpoint
-
     eval_cfg = validate_arguments(RetrievalEvalConfig, {"k_test": args.k_test, "batch_size": args.batch_size},
                                   {"k_test": "--k-test", "batch_size": "--batch-size"})
     results = evaluate_checkpoint(args.target, args.ann, args.image_root, eval_cfg, args.on_bad_record, args.device)
     print(f"zero-shot retrieval on {results['num_images']} images / {results['num_texts']} texts "
-          f"(k_test={results['k_test']}):")
-    print(format_retrieval_table({"ITC only": results["itc"], "ITM re-rank": results["itm"], "chance": results["chance"]}))
+          f"({results['ranking']}):")
+    print(format_retrieval_table({"ITC only": results["itc"], "ITM ranking": results["itm"], "chance": results["chance"]}))
     skipped = results["skipped_records"]
     if skipped["total"]:
         print(f"skipped {skipped['total']} bad records: {skipped['summary']}")
     if args.output:
-        from vlpbench.io import write_json
         write_json(args.output, results)
     return 0
 
 
-def cmd_data(args) -> int:
-    from vlpbench.data.embedded import ensure_embedded_dataset
+def cmd_summary(args) -> int:
+    run_dirs = [Path(p) for p in args.runs]
+    print(format_summary(summarize(read_results(run_dirs))))
+    return 0
 
+
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def cmd_data(args) -> int:
     cfg = load_config(args.experiment, args.override).data.embedded if args.experiment else EmbeddedDataConfig()
     print(ensure_embedded_dataset(cfg))
     return 0
 
 
 def cmd_list(args) -> int:
-    from vlpbench.registry import available_methods, get_method
-    from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
-
     for name in available_methods():
         fields = get_method(name).config_class.model_fields
         keys = ", ".join(f"{k}={f.default}" for k, f in fields.items() if k != "name")
@@ -131,6 +163,14 @@ def cmd_list(args) -> int:
     print("vision presets:", ", ".join(VISION_PRESETS))
     print("text presets:", ", ".join(TEXT_PRESETS))
     return 0
+
+
+def int_or_word(text: str) -> int | str:
+    """An integer flag that also takes a word ("all"); the schema checks which values are allowed."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a run from its latest checkpoint ('latest': newest run of the experiment)")
     run.add_argument("--stop-at", type=int, metavar="STEP",
                      help="checkpoint and stop after this step (to fit a time slot); continue with --resume")
+    run.add_argument("--seeds", type=seed_list, metavar="S,S,...",
+                     help="one run per seed (e.g. 0,1,2,3,4), then mean, std, 95%% interval and minimum "
+                          "detectable difference per metric")
     run.set_defaults(func=cmd_run)
+
+    summ = sub.add_parser("summary", help="summarise finished runs across seeds",
+                          description="Mean, std, 95%% interval and minimum detectable difference of finished runs.")
+    summ.add_argument("runs", nargs="+", help="run directories (e.g. runs/albef_mini/*)")
+    summ.set_defaults(func=cmd_summary)
 
     ev = sub.add_parser("eval", help="evaluate a trained model on a dataset",
                         description="Evaluate a run directory or checkpoint on ALBEF-format annotations.")
@@ -154,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=["retrieval"], default="retrieval")
     ev.add_argument("--ann", action="append", required=True, help="annotation JSON [{image, caption: [..]}] (repeatable)")
     ev.add_argument("--image-root", default=".", help="directory image paths are relative to")
-    ev.add_argument("--k-test", type=int, default=16, help="ITM re-ranks this many ITC candidates")
+    ev.add_argument("--k-test", type=int_or_word, default=16,
+                    help="ITM re-ranks this many ITC candidates; 'all': ITM scores every pair")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ev.add_argument("--on-bad-record", choices=["error", "skip"], default="error")

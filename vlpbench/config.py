@@ -84,12 +84,32 @@ class TextConfig(StrictModel):
     pretrained: str | None = None
     tokenizer: str | None = None  # None: train WordPiece on the pre-training captions
     vocab_size: int = Field(1000, ge=32)  # of the trained WordPiece
+    # architecture overrides of the preset (None: the preset's value); for models trained from scratch
+    pre_norm: bool | None = None  # pre-LN blocks and a final LayerNorm per stack instead of BERT's post-LN
+    init_std: float | None = Field(None, gt=0.0)  # N(0, std) initialisation (BERT: 0.02)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
     _known_preset = _preset_validator(TEXT_PRESETS)
+
+    def preset_overrides(self) -> dict:
+        return {k: v for k, v in (("pre_norm", self.pre_norm), ("init_std", self.init_std),
+                                  ("dropout", self.dropout)) if v is not None}
+
+
+class UnimodalConfig(StrictModel):
+    """Uni-modal pre-training of both encoders before the method's own (``vlpbench.unimodal``):
+    the ``mini`` stand-in for the papers' pretrained BERT and ViT. Trained once, cached, shared."""
+    text_steps: int = Field(0, ge=0)    # MLM on the pre-training captions (0: text encoder from scratch)
+    vision_steps: int = Field(0, ge=0)  # (colour, shape) classification of the embedded images (0: from scratch)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    warmup_steps: int = Field(100, ge=0)
+    seed: int = 0
 
 
 class ModelConfig(StrictModel):
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
+    unimodal: UnimodalConfig = UnimodalConfig()
 
 
 class MethodConfig(StrictModel):
@@ -126,13 +146,26 @@ class TrainConfig(StrictModel):
 
 class RetrievalEvalConfig(StrictModel):
     enabled: bool = True
-    k_test: int = Field(16, ge=1)  # ITM re-ranks the top-k ITC candidates (ALBEF: 256 COCO, 128 Flickr)
+    # ITM re-ranks the top-k ITC candidates (ALBEF: 256 COCO, 128 Flickr); "all": ITM scores every
+    # pair, for methods without a contrastive embedding (ALBEF Table 1 row 1). Cost: images x texts pairs.
+    k_test: int | Literal["all"] = 16
     batch_size: int = Field(64, ge=1)
     before_training: bool = False  # also evaluate the randomly initialised model, as a baseline
+
+    @field_validator("k_test", mode="before")
+    @classmethod
+    def _k_test(cls, v: Any) -> Any:
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("expected an integer >= 1 or 'all'")
 
 
 class EvalConfig(StrictModel):
     retrieval: RetrievalEvalConfig = RetrievalEvalConfig()
+    # learning curve: ITC-only retrieval on the first curve_images test images every every_steps
+    # optimizer steps (and at the last step), logged to metrics.jsonl as "curve_itc_*"
+    every_steps: int | None = Field(None, ge=1)
+    curve_images: int = Field(200, ge=2)
 
 
 class ExperimentConfig(StrictModel):
@@ -148,6 +181,12 @@ class ExperimentConfig(StrictModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
         problems = self.method.check(self)
+        unimodal = self.model.unimodal
+        if unimodal.vision_steps and (self.data.pretrain is not None or self.model.vision.pretrained):
+            problems.append("model.unimodal.vision_steps: classification pre-training reads the embedded dataset's "
+                            "scene graphs; it needs data.pretrain unset and no model.vision.pretrained")
+        if unimodal.text_steps and self.model.text.pretrained:
+            problems.append("model.unimodal.text_steps: the text encoder already loads model.text.pretrained")
         if self.data.max_text_len > TEXT_PRESETS[self.model.text.preset].max_positions:
             problems.append(f"data.max_text_len: {self.data.max_text_len} exceeds the {self.model.text.preset} "
                             f"preset's {TEXT_PRESETS[self.model.text.preset].max_positions} positions")

@@ -8,6 +8,9 @@ caption; IR ranks a caption's image.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -62,51 +65,131 @@ def chance_metrics(text_to_image: torch.Tensor) -> dict:
     return out
 
 
-def _topk_rerank(method: VLPMethod, sims: torch.Tensor, k: int, batch_size: int, pair_states) -> torch.Tensor:
-    """Scores with ITM for each row's top-k columns and -inf elsewhere."""
+@dataclass
+class EncodedSplit:
+    """Uni-modal states and contrastive embeddings of every image and text of a split."""
+    image_states: torch.Tensor
+    image_feats: torch.Tensor
+    text_states: torch.Tensor
+    text_feats: torch.Tensor
+    attention_mask: torch.Tensor
+    text_to_image: torch.Tensor
+
+    def itc_similarities(self) -> torch.Tensor:
+        return (self.image_feats @ self.text_feats.T).float()
+
+
+def dataset_image_batches(dataset: RetrievalDataset, batch_size: int) -> Iterator[torch.Tensor]:
+    """The split's images, decoded and stacked a batch at a time."""
+    for start in range(0, len(dataset.images), batch_size):
+        end = min(start + batch_size, len(dataset.images))
+        yield torch.stack([dataset.image_tensor(i) for i in range(start, end)])
+
+
+@torch.no_grad()
+def encode_split(method: VLPMethod, image_batches: Iterable[torch.Tensor], texts: list[str],
+                 text_to_image: torch.Tensor, tokenizer: TextTokenizer, batch_size: int, max_text_len: int,
+                 device: torch.device) -> EncodedSplit:
+    """Encode every image (given in batches) and every text of a split."""
+    image_states, image_feats = [], []
+    for batch in image_batches:
+        out = method.encode_image(batch.to(device))
+        image_states.append(out.states)
+        image_feats.append(method.image_embedding(out))
+    input_ids, attention_mask = tokenizer(texts, max_text_len)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    text_states, text_feats = [], []
+    for start in range(0, len(texts), batch_size):
+        states = method.encode_text(input_ids[start:start + batch_size], attention_mask[start:start + batch_size])
+        text_states.append(states)
+        text_feats.append(method.text_embedding(states))
+    return EncodedSplit(torch.cat(image_states), torch.cat(image_feats), torch.cat(text_states),
+                        torch.cat(text_feats), attention_mask, text_to_image.to(device))
+
+
+def _pair_scores(method: VLPMethod, split: EncodedSplit, image_idx: torch.Tensor, text_idx: torch.Tensor,
+                 batch_size: int) -> torch.Tensor:
+    """ITM scores of the (image, text) pairs given by two index vectors, in batches."""
+    scores = torch.empty(image_idx.shape[0], device=image_idx.device)
+    for start in range(0, image_idx.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        t, i = text_idx[part], image_idx[part]
+        scores[part] = method.match_score(split.text_states[t], split.attention_mask[t], split.image_states[i]).float()
+    return scores
+
+
+def _topk_rerank(method: VLPMethod, split: EncodedSplit, sims: torch.Tensor, k: int, batch_size: int,
+                 rows_are_images: bool) -> torch.Tensor:
+    """ITM scores for each row's top-k columns by ``sims``, -inf elsewhere."""
     top_idx = sims.topk(min(k, sims.shape[1]), dim=1).indices
     rows = torch.arange(sims.shape[0], device=sims.device)[:, None].expand_as(top_idx).reshape(-1)
     cols = top_idx.reshape(-1)
-    scores = torch.empty(rows.shape[0], device=sims.device)
-    for start in range(0, rows.shape[0], batch_size):
-        part = slice(start, start + batch_size)
-        scores[part] = method.match_score(*pair_states(rows[part], cols[part])).float()
+    image_idx, text_idx = (rows, cols) if rows_are_images else (cols, rows)
     out = torch.full_like(sims, float("-inf"))
-    out[rows, cols] = scores
+    out[rows, cols] = _pair_scores(method, split, image_idx, text_idx, batch_size)
     return out
+
+
+def _all_pairs(method: VLPMethod, split: EncodedSplit, batch_size: int) -> torch.Tensor:
+    """[images, texts] ITM scores of every pair, each computed once for both directions."""
+    num_images, num_texts = split.image_states.shape[0], split.text_states.shape[0]
+    device = split.text_states.device
+    image_idx = torch.arange(num_images, device=device).repeat_interleave(num_texts)
+    text_idx = torch.arange(num_texts, device=device).repeat(num_images)
+    return _pair_scores(method, split, image_idx, text_idx, batch_size).view(num_images, num_texts)
+
+
+def ranking_name(k_test: int | str) -> str:
+    return "ITM over all candidates" if k_test == "all" else f"ITC top-{k_test}, re-ranked by ITM"
 
 
 @torch.no_grad()
 def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: TextTokenizer,
                        cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device) -> dict:
-    """{"itc": metrics from similarities alone, "itm": metrics after top-k ITM re-ranking, "chance": ...}."""
-    was_training = method.training
+    """{"itc": metrics from similarities alone, "itm": metrics of the ITM ranking, "chance": ...}.
+
+    ``k_test: all`` scores every image-text pair with ITM (for methods without a contrastive
+    embedding); otherwise ITM re-ranks each query's top-k ITC candidates, as ALBEF does.
+    """
+    was_training, start = method.training, time.perf_counter()
     method.eval()
-    image_states, image_feats = [], []
-    for start in range(0, len(dataset.images), cfg.batch_size):
-        images = torch.stack([dataset.image_tensor(i) for i in range(start, min(start + cfg.batch_size, len(dataset.images)))])
-        out = method.encode_image(images.to(device))
-        image_states.append(out.states)
-        image_feats.append(method.image_embedding(out))
-    input_ids, attention_mask = tokenizer(dataset.texts, max_text_len)
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    text_states, text_feats = [], []
-    for start in range(0, len(dataset.texts), cfg.batch_size):
-        states = method.encode_text(input_ids[start:start + cfg.batch_size], attention_mask[start:start + cfg.batch_size])
-        text_states.append(states)
-        text_feats.append(method.text_embedding(states))
-    image_states, text_states = torch.cat(image_states), torch.cat(text_states)
-    sims = (torch.cat(image_feats) @ torch.cat(text_feats).T).float()
-    text_to_image = dataset.text_to_image.to(device)
-
-    def image_text_pairs(image_idx, text_idx):
-        return text_states[text_idx], attention_mask[text_idx], image_states[image_idx]
-
-    scores_i2t = _topk_rerank(method, sims, cfg.k_test, cfg.batch_size, image_text_pairs)
-    scores_t2i = _topk_rerank(method, sims.T.contiguous(), cfg.k_test, cfg.batch_size,
-                              lambda t, i: image_text_pairs(i, t))
+    split = encode_split(method, dataset_image_batches(dataset, cfg.batch_size), dataset.texts, dataset.text_to_image,
+                         tokenizer, cfg.batch_size, max_text_len, device)
+    sims = split.itc_similarities()
+    if cfg.k_test == "all":
+        scores_i2t = _all_pairs(method, split, cfg.batch_size)
+        scores_t2i = scores_i2t.T
+    else:
+        scores_i2t = _topk_rerank(method, split, sims, cfg.k_test, cfg.batch_size, rows_are_images=True)
+        scores_t2i = _topk_rerank(method, split, sims.T.contiguous(), cfg.k_test, cfg.batch_size, rows_are_images=False)
     method.train(was_training)
-    return {"itc": retrieval_metrics(sims, sims.T, text_to_image),
-            "itm": retrieval_metrics(scores_i2t, scores_t2i, text_to_image),
-            "chance": chance_metrics(dataset.text_to_image),
-            "num_images": len(dataset.images), "num_texts": len(dataset.texts), "k_test": cfg.k_test}
+    return {"itc": retrieval_metrics(sims, sims.T, split.text_to_image),
+            "itm": retrieval_metrics(scores_i2t, scores_t2i, split.text_to_image),
+            "chance": chance_metrics(dataset.text_to_image), "ranking": ranking_name(cfg.k_test),
+            "num_images": len(dataset.images), "num_texts": len(dataset.texts), "k_test": cfg.k_test,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+class LearningCurve:
+    """Cheap ITC-only retrieval on a fixed subset of the test split, for metrics during training.
+
+    The subset's images are decoded once; each call encodes them and the captions again.
+    """
+
+    def __init__(self, dataset: RetrievalDataset, num_images: int, tokenizer: TextTokenizer, batch_size: int,
+                 max_text_len: int, device: torch.device):
+        subset = dataset.head(num_images)
+        self.images = torch.cat(list(dataset_image_batches(subset, batch_size)))
+        self.texts, self.text_to_image = subset.texts, subset.text_to_image
+        self.tokenizer, self.batch_size, self.max_text_len, self.device = tokenizer, batch_size, max_text_len, device
+
+    @torch.no_grad()
+    def __call__(self, method: VLPMethod) -> dict[str, float]:
+        was_training = method.training
+        method.eval()
+        split = encode_split(method, self.images.split(self.batch_size), self.texts, self.text_to_image,
+                             self.tokenizer, self.batch_size, self.max_text_len, self.device)
+        sims = split.itc_similarities()
+        method.train(was_training)
+        metrics = retrieval_metrics(sims, sims.T, split.text_to_image)
+        return {f"curve_itc_{k}": metrics[k] for k in ("txt_r1", "img_r1", "r_mean")}

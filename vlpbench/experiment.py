@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from vlpbench import pipeline
+from vlpbench import pipeline, unimodal
 from vlpbench.checkpoint import read_checkpoint
 from vlpbench.config import AnnotationSource, ExperimentConfig, RetrievalEvalConfig, config_from_dict
 from vlpbench.data.datasets import SkipReport
-from vlpbench.evaluate import evaluate_retrieval
+from vlpbench.evaluate import LearningCurve, evaluate_retrieval
 from vlpbench.method import VLPMethod
 from vlpbench.rundir import RunDir
 from vlpbench.train import Trainer
@@ -53,8 +53,9 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     tokenizer_file = run.path / "tokenizer.json"
     tokenizer = (TextTokenizer.load(tokenizer_file) if resume and tokenizer_file.is_file()
                  else pipeline.build_tokenizer(cfg, entries, tokenizer_file))
+    cfg_with_init = unimodal.warm_start(cfg, entries, tokenizer, log)  # seeds torch itself when it trains
     torch.manual_seed(cfg.seed)
-    method = pipeline.build_method(cfg, tokenizer).to(device)
+    method = pipeline.build_method(cfg_with_init, tokenizer).to(device)
     trainer = Trainer(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device)
     if resume:
         checkpoint = run.read_latest_checkpoint(device, log)
@@ -71,7 +72,11 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     if retrieval is not None and cfg.eval.retrieval.before_training and trainer.step == 0:
         results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                             cfg.data.max_text_len, device)
-    results["train"] = trainer.fit(tokenizer.to_json(), stop_at)
+    curve = None
+    if retrieval is not None and cfg.eval.every_steps:
+        curve = LearningCurve(retrieval, cfg.eval.curve_images, tokenizer, cfg.eval.retrieval.batch_size,
+                              cfg.data.max_text_len, device)
+    results["train"] = trainer.fit(tokenizer.to_json(), stop_at, curve)
     results["complete"] = trainer.step == cfg.train.steps
     run.write_results(results)  # the training result is on disk before evaluation starts
     if retrieval is not None and results["complete"]:

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -133,8 +133,13 @@ class Trainer:
         logged["lr"] = self.optimizer.param_groups[0]["lr"]
         return logged
 
-    def fit(self, tokenizer_json: str, stop_at: int | None = None) -> dict:
-        """Train to ``train.steps``, or only to ``stop_at`` (checkpointed there, to be resumed)."""
+    def fit(self, tokenizer_json: str, stop_at: int | None = None,
+            curve: Callable[[VLPMethod], dict[str, float]] | None = None) -> dict:
+        """Train to ``train.steps``, or only to ``stop_at`` (checkpointed there, to be resumed).
+
+        ``curve`` (a cheap evaluation) runs every ``eval.every_steps`` steps and at the last step;
+        its metrics go to ``metrics.jsonl`` and its time is not counted as training throughput.
+        """
         t = self.cfg.train
         if stop_at is not None and not self.step < stop_at <= t.steps:
             raise ConfigError(f"--stop-at {stop_at}: expected a step after the checkpoint's step {self.step} "
@@ -144,7 +149,8 @@ class Trainer:
         batches = self.batches()
         samples_per_step = t.batch_size * t.grad_accum_steps
         window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
-        start, first_step = time.perf_counter(), self.step
+        start, first_step, curve_seconds = time.perf_counter(), self.step, 0.0
+        every = self.cfg.eval.every_steps
         bar = tqdm(total=t.steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True, mininterval=1.0)
         while self.step < last:
             logged = self.train_step(batches)
@@ -160,11 +166,16 @@ class Trainer:
                 append_jsonl(self.run.metrics_file, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
                 window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
+            if curve is not None and every and (step % every == 0 or step == t.steps):
+                tic = time.perf_counter()
+                append_jsonl(self.run.metrics_file, {"step": step, **curve(self.method)})
+                window_start += time.perf_counter() - tic
+                curve_seconds += time.perf_counter() - tic
             if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last:
                 self.save_checkpoint(tokenizer_json)
         bar.close()
         seconds = time.perf_counter() - start
         steps_run = self.step - first_step
         return {"steps": self.step, "steps_this_session": steps_run, "seconds": round(seconds, 1),
-                "steps_per_epoch": self.steps_per_epoch,
-                "samples_per_s": round(steps_run * samples_per_step / max(seconds, 1e-9), 1)}
+                "curve_seconds": round(curve_seconds, 1), "steps_per_epoch": self.steps_per_epoch,
+                "samples_per_s": round(steps_run * samples_per_step / max(seconds - curve_seconds, 1e-9), 1)}

@@ -193,10 +193,15 @@ class RetrievalDataset:
     """Images and their captions, with the index maps R@K needs."""
 
     def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
+        self.entries = entries
         self.images = [e.image for e in entries]
         self.texts = [c for e in entries for c in e.captions]
         self.text_to_image = torch.tensor([i for i, e in enumerate(entries) for _ in e.captions])
         self.transform = transform
+
+    def head(self, num_images: int) -> "RetrievalDataset":
+        """The first ``num_images`` images with all their captions (a fixed subset)."""
+        return RetrievalDataset(self.entries[:num_images], self.transform)
 
     def image_tensor(self, index: int) -> torch.Tensor:
         return self.transform(load_image(self.images[index]), None)

@@ -8,6 +8,8 @@ load into them by parameter name (see ``vlpbench.zoo.text.hf_bert_to_vlpbench``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,15 +54,20 @@ class MultiHeadAttention(nn.Module):
 
 
 class PostNormResidual(nn.Module):
-    """BERT's ``LayerNorm(x + Dropout(sublayer(x)))``."""
+    """A residual branch: BERT's post-LN ``LayerNorm(x + Dropout(f(x)))``, or with ``pre_norm``
+    ``x + Dropout(f(LayerNorm(x)))``, which trains from scratch more readily (the stack then
+    needs a final LayerNorm). The name stays for checkpoint compatibility."""
 
-    def __init__(self, width: int, dropout: float, eps: float):
+    def __init__(self, width: int, dropout: float, eps: float, pre_norm: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=eps)
         self.drop = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
 
-    def forward(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.drop(update))
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.drop(sublayer(self.norm(x)))
+        return self.norm(x + self.drop(sublayer(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -70,21 +77,22 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, width: int, num_heads: int, ffn_width: int, dropout: float = 0.1,
-                 cross_width: int | None = None, eps: float = 1e-12):
+                 cross_width: int | None = None, eps: float = 1e-12, pre_norm: bool = False):
         super().__init__()
         self.self_attn = MultiHeadAttention(width, num_heads, dropout=dropout)
-        self.self_attn_post = PostNormResidual(width, dropout, eps)
+        self.self_attn_post = PostNormResidual(width, dropout, eps, pre_norm)
         self.cross_attn = MultiHeadAttention(width, num_heads, kv_width=cross_width, dropout=dropout) if cross_width else None
-        self.cross_attn_post = PostNormResidual(width, dropout, eps) if cross_width else None
+        self.cross_attn_post = PostNormResidual(width, dropout, eps, pre_norm) if cross_width else None
         self.ffn_in = nn.Linear(width, ffn_width)
         self.ffn_out = nn.Linear(ffn_width, width)
-        self.ffn_post = PostNormResidual(width, dropout, eps)
+        self.ffn_post = PostNormResidual(width, dropout, eps, pre_norm)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.self_attn_post(x, self.self_attn(x, attn_mask=attn_mask))
-        if self.cross_attn is not None:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, text_only: bool = False) -> torch.Tensor:
+        """``text_only`` skips the cross-attention of a fusion block (uni-modal pre-training)."""
+        x = self.self_attn_post(x, lambda h: self.self_attn(h, attn_mask=attn_mask))
+        if self.cross_attn is not None and not text_only:
             if context is None:
                 raise ValueError("a fusion block needs the other modality's states (context)")
-            x = self.cross_attn_post(x, self.cross_attn(x, context, attn_mask=context_mask))
-        return self.ffn_post(x, self.ffn_out(F.gelu(self.ffn_in(x))))
+            x = self.cross_attn_post(x, lambda h: self.cross_attn(h, context, attn_mask=context_mask))
+        return self.ffn_post(x, lambda h: self.ffn_out(F.gelu(self.ffn_in(h))))

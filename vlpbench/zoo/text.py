@@ -31,6 +31,7 @@ class TextPreset:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02  # BERT's initializer_range, for weights trained from scratch
+    pre_norm: bool = False  # BERT is post-LN; pre-LN (plus a final LayerNorm per stack) for from-scratch runs
 
 
 TEXT_PRESETS: dict[str, TextPreset] = {
@@ -84,10 +85,15 @@ class BertTextModel(nn.Module):
         p = preset
         self.embeddings = TextEmbeddings(p)
         self.text_layers = nn.ModuleList(
-            TransformerBlock(p.width, p.num_heads, p.ffn_width, p.dropout, eps=p.layer_norm_eps) for _ in range(p.text_layers))
+            TransformerBlock(p.width, p.num_heads, p.ffn_width, p.dropout, eps=p.layer_norm_eps, pre_norm=p.pre_norm)
+            for _ in range(p.text_layers))
         self.fusion_layers = nn.ModuleList(
-            TransformerBlock(p.width, p.num_heads, p.ffn_width, p.dropout, cross_width=image_width, eps=p.layer_norm_eps)
+            TransformerBlock(p.width, p.num_heads, p.ffn_width, p.dropout, cross_width=image_width, eps=p.layer_norm_eps,
+                             pre_norm=p.pre_norm)
             for _ in range(p.fusion_layers))
+        # pre-LN stacks end in a LayerNorm (post-LN blocks already end normalised)
+        self.text_norm = nn.LayerNorm(p.width, eps=p.layer_norm_eps) if p.pre_norm else nn.Identity()
+        self.fusion_norm = nn.LayerNorm(p.width, eps=p.layer_norm_eps) if p.pre_norm else nn.Identity()
         self.mlm_head = MLMHead(p)
         self.apply(lambda module: _init_bert_weights(module, p.init_std))
 
@@ -96,14 +102,22 @@ class BertTextModel(nn.Module):
         mask = padding_mask_to_attn_mask(attention_mask)
         for layer in self.text_layers:
             x = layer(x, attn_mask=mask)
-        return x
+        return self.text_norm(x)
 
     def fuse(self, text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor,
              image_mask: torch.Tensor | None = None) -> torch.Tensor:
         x, mask, ctx_mask = text_states, padding_mask_to_attn_mask(attention_mask), padding_mask_to_attn_mask(image_mask)
         for layer in self.fusion_layers:
             x = layer(x, attn_mask=mask, context=image_states, context_mask=ctx_mask)
-        return x
+        return self.fusion_norm(x)
+
+    def encode_text_only(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """All layers as one text-only BERT (fusion layers without their cross-attention), as the
+        BERT that initialises ALBEF's text and fusion layers is trained (uni-modal pre-training)."""
+        x, mask = self.encode_text(input_ids, attention_mask), padding_mask_to_attn_mask(attention_mask)
+        for layer in self.fusion_layers:
+            x = layer(x, attn_mask=mask, text_only=True)
+        return self.fusion_norm(x)
 
     def mlm_logits(self, fused_states: torch.Tensor) -> torch.Tensor:
         return self.mlm_head(fused_states, self.embeddings.word.weight)
@@ -166,7 +180,8 @@ def hf_bert_to_vlpbench(state_dict: dict[str, torch.Tensor], text_layers: int) -
 def create_text_model(preset: str, image_width: int, pretrained: str | None = None, **overrides) -> BertTextModel:
     """Build a text+fusion BERT from a named preset, optionally loading BERT weights.
 
-    ``pretrained`` is a local file or directory, or a hub name (needs network). Missing keys
+    ``pretrained`` is a local file or directory, or a hub name (needs network), holding a Hugging
+    Face BERT or a vlpbench text model's state dict (uni-modal pre-training). Missing keys
     (cross-attention, or everything when loading a smaller checkpoint) keep their random init;
     the returned model's ``load_report`` lists them.
     """
@@ -176,7 +191,12 @@ def create_text_model(preset: str, image_width: int, pretrained: str | None = No
     model = BertTextModel(p, image_width)
     model.load_report = None
     if pretrained:
-        state = hf_bert_to_vlpbench(load_state_dict_from(pretrained, kind="text"), p.text_layers)
+        state = load_state_dict_from(pretrained, kind="text")
+        if not any(k.startswith("text_layers.") for k in state):  # a Hugging Face BERT, not a vlpbench text model
+            if p.pre_norm:
+                raise ValueError(f"pretrained text weights {pretrained!r} are a post-LN BERT; they do not fit a "
+                                 "pre_norm text model (pre_norm is for models trained from scratch)")
+            state = hf_bert_to_vlpbench(state, p.text_layers)
         _check_shapes(model, state, pretrained)
         result = model.load_state_dict(state, strict=False)
         model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}

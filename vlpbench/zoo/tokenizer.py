@@ -4,6 +4,7 @@ carries the exact tokenizer it was trained with."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -73,6 +74,13 @@ class TextTokenizer:
         except OSError as exc:
             raise OSError(f"tokenizer {str(source)!r} is neither a tokenizer.json file, a local tokenizer directory, "
                           f"nor reachable on the hub: {exc}") from exc
+
+    def fingerprint(self) -> str:
+        """A hash of the vocabulary and special tokens: equal for tokenizers that give equal ids
+        (``to_json`` also records padding and truncation settings, which change with use)."""
+        specials = {k: getattr(self.hf, k) for k in SPECIAL_TOKENS}
+        payload = json.dumps({"vocab": self.hf.get_vocab(), "special": specials}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     def save(self, path: Path) -> None:
         write_text(Path(path), self.to_json())

@@ -1,0 +1,54 @@
+"""Seed statistics on hand-made numbers (t quantiles from a printed t table)."""
+
+import math
+
+import pytest
+
+from vlpbench.stats import difference_interval, minimum_detectable_difference, pooled_std, seed_stats
+from vlpbench.summary import format_summary, summarize
+
+T975 = {4: 2.7764, 8: 2.3060}  # t_{0.975, df}
+T80 = {8: 0.8889}               # t_{0.80, df}
+
+
+def test_mean_std_and_95_interval():
+    s = seed_stats([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s.n == 5 and s.mean == 3.0
+    assert s.std == pytest.approx(math.sqrt(2.5))
+    half = T975[4] * math.sqrt(2.5) / math.sqrt(5)  # 1.9632
+    assert s.ci95_low == pytest.approx(3.0 - half, abs=1e-3) and s.ci95_high == pytest.approx(3.0 + half, abs=1e-3)
+
+
+def test_minimum_detectable_difference():
+    # 5 seeds per configuration, std 1.5: (2.3060 + 0.8889) * 1.5 * sqrt(2/5) = 3.031
+    assert minimum_detectable_difference(1.5, 5) == pytest.approx((T975[8] + T80[8]) * 1.5 * math.sqrt(0.4), abs=1e-3)
+    assert seed_stats([1.0, 2.0, 3.0, 4.0, 5.0]).mdd == pytest.approx(
+        (T975[8] + T80[8]) * math.sqrt(2.5) * math.sqrt(0.4), abs=1e-3)
+    assert math.isnan(minimum_detectable_difference(1.0, 1))
+
+
+def test_single_seed_has_no_spread():
+    s = seed_stats([7.0])
+    assert s.mean == 7.0 and math.isnan(s.std) and math.isnan(s.ci95_low) and math.isnan(s.mdd)
+
+
+def test_pooled_std_and_difference_interval():
+    # groups with means 2 and 5, squared deviations 2 + 2 over 2 + 2 degrees of freedom
+    assert pooled_std([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]) == pytest.approx(1.0)
+    diff, low, high = difference_interval([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    # Welch: se = sqrt(1/3 + 1/3), df = 4 -> half width 2.7764 * 0.8165 = 2.267
+    assert diff == 3.0 and low == pytest.approx(3.0 - 2.2669, abs=1e-3) and high == pytest.approx(3.0 + 2.2669, abs=1e-3)
+
+
+def test_summary_of_runs_lists_each_metric_with_its_seeds():
+    def result(seed, r_mean):
+        return {"experiment": "x", "run_dir": f"runs/x/{seed}", "seed": seed, "complete": True,
+                "train": {"seconds": 300.0},
+                "retrieval": {"itm": {"r_mean": r_mean, "txt_r1": 1.0, "img_r1": 2.0}, "itc": {"r_mean": r_mean - 1},
+                              "ranking": "ITC top-16, re-ranked by ITM", "k_test": 16, "seconds": 30.0}}
+    summary = summarize([result(0, 40.0), result(1, 42.0), result(2, 44.0)])
+    assert summary["seeds"] == [0, 1, 2] and summary["ranking"] == ["ITC top-16, re-ranked by ITM"]
+    assert summary["metrics"]["r_mean"]["values"] == [40.0, 42.0, 44.0]
+    assert summary["metrics"]["r_mean"]["mean"] == 42.0 and summary["metrics"]["r_mean"]["std"] == 2.0
+    text = format_summary(summary)
+    assert "3 seeds [0, 1, 2]" in text and "40.00 42.00 44.00" in text
