@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +31,23 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def build_folder_atomically(folder: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling of ``folder``, then rename it into place, so readers see the
+    folder complete or not at all; if a concurrent process published it first, keep theirs."""
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(folder)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from vlpbench.data.datasets import ImageCaptions, load_image
 from vlpbench.data.embedded import dataset_dir
 from vlpbench.data.scenes import COLORS, SHAPES
 from vlpbench.data.transforms import ImageTransform
-from vlpbench.io import write_json
+from vlpbench.io import build_folder_atomically, write_json
 from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.train import build_optimizer, lr_at
 from vlpbench.zoo.text import create_text_model
@@ -79,15 +77,12 @@ def _cached(folder: Path, train, log) -> Path:
     if (folder / "manifest.json").is_file():
         return weights
     state, report = train()
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / weights.name))
-    write_json(tmp / "manifest.json", report)  # written last: its presence marks a complete folder
-    if folder.exists():  # a concurrent run finished first; keep its copy
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(folder)
+
+    def fill(tmp: Path) -> None:
+        save_file(state, str(tmp / weights.name))
+        write_json(tmp / "manifest.json", report)
+
+    build_folder_atomically(folder, fill)
     log(f"uni-modal weights cached in {folder}")
     return weights
 

@@ -19,14 +19,13 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
 from vlpbench.config import EmbeddedDataConfig
 from vlpbench.data import captions as cap
 from vlpbench.data.scenes import Scene, render, sample_scene
-from vlpbench.io import write_json
+from vlpbench.io import build_folder_atomically, write_json
 
 GENERATOR_VERSION = 2
 TEST_CAPTIONS_PER_IMAGE = 5
@@ -48,17 +47,16 @@ def ensure_embedded_dataset(cfg: EmbeddedDataConfig, log=print) -> Path:
     if (folder / "manifest.json").is_file():
         return folder
     log(f"generating the embedded dataset in {folder} ...")
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
-    counts = generate(cfg, tmp)
-    write_json(tmp / "manifest.json", {"params": cfg.model_dump(exclude={"root"}), "generator_version": GENERATOR_VERSION,
-                                       "counts": counts, "seconds": round(time.perf_counter() - start, 2)})
-    if folder.exists():  # a concurrent run finished first; keep its copy
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(folder)
-    log(f"generated {counts} in {time.perf_counter() - start:.1f}s")
+
+    def fill(tmp: Path) -> None:
+        counts = generate(cfg, tmp)
+        write_json(tmp / "manifest.json", {"params": cfg.model_dump(exclude={"root"}),
+                                           "generator_version": GENERATOR_VERSION, "counts": counts,
+                                           "seconds": round(time.perf_counter() - start, 2)})
+        log(f"generated {counts} in {time.perf_counter() - start:.1f}s")
+
+    build_folder_atomically(folder, fill)
     return folder
 
 
