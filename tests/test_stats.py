@@ -5,7 +5,7 @@ import math
 import pytest
 
 from vlpbench.stats import difference_interval, minimum_detectable_difference, pooled_std, seed_stats
-from vlpbench.summary import format_summary, summarize
+from vlpbench.summary import format_comparison, format_summary, summarize
 
 T975 = {4: 2.7764, 8: 2.3060}  # t_{0.975, df}
 T80 = {8: 0.8889}               # t_{0.80, df}
@@ -52,3 +52,15 @@ def test_summary_of_runs_lists_each_metric_with_its_seeds():
     assert summary["metrics"]["r_mean"]["mean"] == 42.0 and summary["metrics"]["r_mean"]["std"] == 2.0
     text = format_summary(summary)
     assert "3 seeds [0, 1, 2]" in text and "40.00 42.00 44.00" in text
+
+
+def test_comparison_reports_the_difference_with_its_interval():
+    def result(experiment, seed, r_mean):
+        return {"experiment": experiment, "run_dir": f"runs/{experiment}/{seed}", "seed": seed, "complete": True,
+                "train": {"seconds": 1.0}, "retrieval": {"itm": {"r_mean": r_mean, "txt_r1": 0.0, "img_r1": 0.0},
+                                                         "itc": {"r_mean": r_mean}, "k_test": 16, "seconds": 1.0}}
+    a = summarize([result("a", s, v) for s, v in enumerate([1.0, 2.0, 3.0])])
+    b = summarize([result("b", s, v) for s, v in enumerate([4.0, 5.0, 6.0])])
+    line = next(row for row in format_comparison(a, b).splitlines() if row.startswith("r_mean "))
+    # difference 3, Welch half width 2.7764 * sqrt(2/3) = 2.267, pooled std 1
+    assert line.split() == ["r_mean", "3.00", "[0.73,", "5.27]", "1.00", "yes"]

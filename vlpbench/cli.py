@@ -15,7 +15,7 @@ from vlpbench.io import write_json
 from vlpbench.pipeline import runtime_device
 from vlpbench.registry import available_methods, get_method
 from vlpbench.rundir import RunDir
-from vlpbench.summary import format_summary, read_results, summarize
+from vlpbench.summary import format_comparison, format_summary, read_results, summarize
 from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
 
 RETRIEVAL_COLUMNS = {"txt_r1": "TR@1", "txt_r5": "TR@5", "txt_r10": "TR@10", "img_r1": "IR@1", "img_r5": "IR@5",
@@ -134,8 +134,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    run_dirs = [Path(p) for p in args.runs]
-    print(format_summary(summarize(read_results(run_dirs))))
+    summary = summarize(read_results(args.runs))
+    print(format_summary(summary))
+    if args.versus:
+        other = summarize(read_results(args.versus))
+        print("\n" + format_summary(other) + "\n\n" + format_comparison(other, summary))
     return 0
 
 
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     summ = sub.add_parser("summary", help="summarise finished runs across seeds",
                           description="Mean, std, 95%% interval and minimum detectable difference of finished runs.")
     summ.add_argument("runs", nargs="+", help="run directories (e.g. runs/albef_mini/*)")
+    summ.add_argument("--versus", nargs="+", metavar="RUN_DIR",
+                      help="runs of another configuration: also print each metric's difference (RUNS minus "
+                           "these) with its 95%% interval and the pooled seed std")
     summ.set_defaults(func=cmd_summary)
 
     ev = sub.add_parser("eval", help="evaluate a trained model on a dataset",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -139,6 +140,17 @@ def _all_pairs(method: VLPMethod, split: EncodedSplit, batch_size: int) -> torch
     return _pair_scores(method, split, image_idx, text_idx, batch_size).view(num_images, num_texts)
 
 
+@contextmanager
+def eval_mode(method: VLPMethod) -> Iterator[None]:
+    """Evaluation mode (no dropout) for the block, then the method's previous mode."""
+    was_training = method.training
+    method.eval()
+    try:
+        yield
+    finally:
+        method.train(was_training)
+
+
 def ranking_name(k_test: int | str) -> str:
     return "ITM over all candidates" if k_test == "all" else f"ITC top-{k_test}, re-ranked by ITM"
 
@@ -151,18 +163,18 @@ def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: 
     ``k_test: all`` scores every image-text pair with ITM (for methods without a contrastive
     embedding); otherwise ITM re-ranks each query's top-k ITC candidates, as ALBEF does.
     """
-    was_training, start = method.training, time.perf_counter()
-    method.eval()
-    split = encode_split(method, dataset_image_batches(dataset, cfg.batch_size), dataset.texts, dataset.text_to_image,
-                         tokenizer, cfg.batch_size, max_text_len, device)
-    sims = split.itc_similarities()
-    if cfg.k_test == "all":
-        scores_i2t = _all_pairs(method, split, cfg.batch_size)
-        scores_t2i = scores_i2t.T
-    else:
-        scores_i2t = _topk_rerank(method, split, sims, cfg.k_test, cfg.batch_size, rows_are_images=True)
-        scores_t2i = _topk_rerank(method, split, sims.T.contiguous(), cfg.k_test, cfg.batch_size, rows_are_images=False)
-    method.train(was_training)
+    start = time.perf_counter()
+    with eval_mode(method):
+        split = encode_split(method, dataset_image_batches(dataset, cfg.batch_size), dataset.texts,
+                             dataset.text_to_image, tokenizer, cfg.batch_size, max_text_len, device)
+        sims = split.itc_similarities()
+        if cfg.k_test == "all":
+            scores_i2t = _all_pairs(method, split, cfg.batch_size)
+            scores_t2i = scores_i2t.T
+        else:
+            scores_i2t = _topk_rerank(method, split, sims, cfg.k_test, cfg.batch_size, rows_are_images=True)
+            scores_t2i = _topk_rerank(method, split, sims.T.contiguous(), cfg.k_test, cfg.batch_size,
+                                      rows_are_images=False)
     return {"itc": retrieval_metrics(sims, sims.T, split.text_to_image),
             "itm": retrieval_metrics(scores_i2t, scores_t2i, split.text_to_image),
             "chance": chance_metrics(dataset.text_to_image), "ranking": ranking_name(cfg.k_test),
@@ -185,11 +197,9 @@ class LearningCurve:
 
     @torch.no_grad()
     def __call__(self, method: VLPMethod) -> dict[str, float]:
-        was_training = method.training
-        method.eval()
-        split = encode_split(method, self.images.split(self.batch_size), self.texts, self.text_to_image,
-                             self.tokenizer, self.batch_size, self.max_text_len, self.device)
+        with eval_mode(method):
+            split = encode_split(method, self.images.split(self.batch_size), self.texts, self.text_to_image,
+                                 self.tokenizer, self.batch_size, self.max_text_len, self.device)
         sims = split.itc_similarities()
-        method.train(was_training)
         metrics = retrieval_metrics(sims, sims.T, split.text_to_image)
         return {f"curve_itc_{k}": metrics[k] for k in ("txt_r1", "img_r1", "r_mean")}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlpbench.stats import seed_stats
+import yaml
+
+from vlpbench.stats import difference_interval, pooled_std, seed_stats
 
 # (path in results.json, label); the ITM ranking is the method's retrieval result, ITC-only its embedding's
 METRICS = (
@@ -26,8 +28,6 @@ def _lookup(results: dict, dotted: str):
 
 def read_results(run_dirs: list[Path]) -> list[dict]:
     """``results.json`` of each finished run (with its ``seed`` from ``config.yaml``)."""
-    import yaml
-
     out = []
     for run_dir in map(Path, run_dirs):
         path = run_dir / "results.json"
@@ -64,4 +64,20 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{label:<16} {m['mean']:8.2f} {m['std']:7.2f} {interval:>19} {m['mdd']:7.2f}   {values}")
     lines.append(f"MDD: the smallest difference between two configurations that {n} seeds each detect "
                  "(two-sided t-test, alpha 0.05, power 0.8)")
+    return "\n".join(lines)
+
+
+def format_comparison(a: dict, b: dict) -> str:
+    """Per metric shared by two summaries: the difference of means (b - a), its 95% interval
+    (Welch) and the pooled seed std; a difference counts as resolved when the interval excludes 0."""
+    lines = [f"{', '.join(b['experiments'])} ({len(b['seeds'])} seeds) minus "
+             f"{', '.join(a['experiments'])} ({len(a['seeds'])} seeds)",
+             f"{'metric':<16} {'difference':>10} {'95% interval':>19} {'pooled std':>10}   resolved"]
+    for label in (k for k in a["metrics"] if k in b["metrics"]):
+        va, vb = a["metrics"][label]["values"], b["metrics"][label]["values"]
+        if len(va) < 2 or len(vb) < 2:
+            continue
+        diff, low, high = difference_interval(va, vb)
+        resolved = "yes" if low > 0 or high < 0 else "no"
+        lines.append(f"{label:<16} {diff:10.2f} {f'[{low:.2f}, {high:.2f}]':>19} {pooled_std([va, vb]):10.2f}   {resolved}")
     return "\n".join(lines)

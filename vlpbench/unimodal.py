@@ -65,7 +65,7 @@ def cache_dir(cfg: ExperimentConfig, modality: str, tokenizer: TextTokenizer) ->
         params |= {"steps": u.vision_steps, "preset": m.vision.preset, "image_size": m.vision.image_size}
     else:
         params |= {"steps": u.text_steps, "preset": m.text.preset, "overrides": m.text.preset_overrides(),
-                   "vision_preset": m.vision.preset, "max_text_len": cfg.data.max_text_len,
+                   "max_text_len": cfg.data.max_text_len,
                    "tokenizer": tokenizer.fingerprint()}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     return dataset_dir(cfg.data.embedded).parent / f"unimodal-{modality}-{digest}"
