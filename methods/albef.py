@@ -35,11 +35,10 @@ from pydantic import Field
 from torch import nn
 
 from vlpbench.config import MethodConfig
-from vlpbench.losses import (contrastive_loss, distillation_targets, mlm_loss, negative_sampling_weights,
-                             sample_negatives)
+from vlpbench.losses import itm_pairs, mlm_loss, momentum_contrastive_loss, sample_itm_negatives
 from vlpbench.masking import mask_tokens_for_mlm
-from vlpbench.method import Batch, Progress, VLPMethod
-from vlpbench.momentum import FeatureQueue, ema_update, momentum_copy
+from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
+from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
 from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.vision import VisionOutput
@@ -84,7 +83,7 @@ class ALBEFConfig(MethodConfig):
 
 
 @register_method
-class ALBEF(VLPMethod):
+class ALBEF(FusionEncoderMatching, VLPMethod):
     name = "albef"
     config_class = ALBEFConfig
 
@@ -98,7 +97,7 @@ class ALBEF(VLPMethod):
         self.itm_head = nn.Linear(self.text.width, 2)
         self.temp = nn.Parameter(torch.tensor(config.temp))
         if self.needs_teacher:
-            self.teacher = nn.ModuleDict({name: momentum_copy(getattr(self, name)) for name in self._ema_names})
+            self.teacher = momentum_teacher(self, self._ema_names)
         if config.itc:
             self.image_queue = FeatureQueue(config.queue_size, config.embed_dim)
             self.text_queue = FeatureQueue(config.queue_size, config.embed_dim)
@@ -110,25 +109,8 @@ class ALBEF(VLPMethod):
         return self.config.itc or self.config.distill_mlm
 
     def current_alpha(self, progress: Progress) -> float:
-        ramp = self.config.alpha_warmup_steps
-        ramp = progress.steps_per_epoch if ramp is None else ramp
-        return self.config.alpha * (min(1.0, progress.step / ramp) if ramp > 0 else 1.0)
-
-    # ---- evaluation interface ----
-    def encode_image(self, images: torch.Tensor) -> VisionOutput:
-        return self.visual_encoder(images)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text.encode_text(input_ids, attention_mask)
-
-    def image_embedding(self, image: VisionOutput) -> torch.Tensor:
-        return F.normalize(self.vision_proj(image.cls), dim=-1)
-
-    def text_embedding(self, text_states: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
-
-    def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
-        return self.itm_head(self.text.fuse(text_states, attention_mask, image_states)[:, 0])[:, 1]
+        cfg = self.config
+        return distillation_weight(cfg.alpha, cfg.alpha_warmup_steps, progress.step, progress.steps_per_epoch)
 
     # ---- pre-training ----
     def forward(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:
@@ -159,20 +141,8 @@ class ALBEF(VLPMethod):
             image_feat_m = F.normalize(self.teacher["vision_proj"](teacher_image.cls), dim=-1)
             text_states_m = self.teacher["text"].encode_text(batch.input_ids, batch.attention_mask)
             text_feat_m = F.normalize(self.teacher["text_proj"](text_states_m[:, 0]), dim=-1)
-            image_feat_all = torch.cat([image_feat_m, self.image_queue.features])
-            text_feat_all = torch.cat([text_feat_m, self.text_queue.features])
-            one_hot = torch.eye(len(batch), image_feat_all.shape[0], device=image_feat.device)
-            teacher_i2t = teacher_t2i = None
-            if self.config.distill_itc:
-                teacher_i2t = image_feat_m @ text_feat_all.T / self.temp
-                teacher_t2i = text_feat_m @ image_feat_all.T / self.temp
-        sim_i2t = image_feat @ text_feat_all.T / self.temp
-        sim_t2i = text_feat @ image_feat_all.T / self.temp
-        loss = contrastive_loss(sim_i2t, sim_t2i, distillation_targets(one_hot, teacher_i2t, alpha),
-                                distillation_targets(one_hot, teacher_t2i, alpha))
-        self.image_queue.enqueue(image_feat_m)
-        self.text_queue.enqueue(text_feat_m)
-        return loss, sim_i2t, sim_t2i
+        return momentum_contrastive_loss(image_feat, text_feat, image_feat_m, text_feat_m, self.image_queue,
+                                         self.text_queue, self.temp, alpha, self.config.distill_itc)
 
     def itm_loss(self, image: VisionOutput, text_states: torch.Tensor, attention_mask: torch.Tensor,
                  sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None) -> torch.Tensor:
@@ -180,16 +150,9 @@ class ALBEF(VLPMethod):
         all fused in a single pass of 3B pairs."""
         bs = text_states.shape[0]
         hard = self.config.itm_hard_negatives
-        with torch.no_grad():
-            device = text_states.device
-            neg_image = sample_negatives(negative_sampling_weights(sim_t2i[:, :bs] if hard else None, bs, hard, device))
-            neg_text = sample_negatives(negative_sampling_weights(sim_i2t[:, :bs] if hard else None, bs, hard, device))
-        texts = torch.cat([text_states, text_states, text_states[neg_text]])
-        masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
-        images = torch.cat([image.states, image.states[neg_image], image.states])
-        logits = self.itm_head(self.text.fuse(texts, masks, images)[:, 0])
-        labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(logits.device)
-        return F.cross_entropy(logits, labels)
+        negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, hard, text_states.device)
+        texts, masks, images, labels = itm_pairs(text_states, attention_mask, image.states, *negatives)
+        return F.cross_entropy(self.itm_head(self.text.fuse(texts, masks, images)[:, 0]), labels)
 
     def mlm_loss(self, image: VisionOutput, teacher_image: VisionOutput | None, batch: Batch,
                  alpha: float) -> torch.Tensor:
@@ -212,5 +175,4 @@ class ALBEF(VLPMethod):
 
     def after_optimizer_step(self) -> None:
         if self.needs_teacher:
-            ema_update([getattr(self, n) for n in self._ema_names], [self.teacher[n] for n in self._ema_names],
-                       self.config.momentum)
+            update_teacher(self, self.teacher, self.config.momentum)

@@ -31,3 +31,19 @@ def tiny_config(tmp_path):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+def train_on_one_batch(method, batch, progress, steps: int = 12) -> list[float]:
+    """Losses of ``steps`` AdamW steps on one batch, alternating two fixed random draws (masks,
+    negatives), so that a decrease is the model's learning and not a luckier draw."""
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    losses = []
+    for step in range(steps):
+        torch.manual_seed(step % 2)
+        loss = method(batch, progress)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step()
+        losses.append(loss.item())
+    return losses

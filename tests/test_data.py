@@ -172,3 +172,17 @@ def test_too_few_pretraining_pairs_after_skipping_is_a_clear_error(bad_dataset, 
     assert message.startswith("2 pre-training records give 3 image-caption pairs, after skipping 8 bad records: ")
     assert "image file cannot be decoded: 2" in message
     assert message.endswith("train.batch_size x train.grad_accum_steps = 4 needs at least 4")
+
+
+def test_region_boxes_are_read_from_boxes_or_phrases_and_bad_ones_are_named(tmp_path):
+    name = make_image(tmp_path / "img.png", size=(16, 16))
+    records = [{"image": name, "caption": "a box", "boxes": [[0, 0, 7, 7]]},
+               {"image": name, "caption": "a red box", "phrases": [{"text": "a red box", "bbox": [8, 8, 4, 4]}]},
+               {"image": name, "caption": "no region"}]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(records))
+    entries = load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())
+    assert [e.boxes for e in entries] == [[[0.0, 0.0, 7.0, 7.0]], [[8.0, 8.0, 4.0, 4.0]], None]
+    ann.write_text(json.dumps([{"image": name, "caption": "x", "boxes": [[1, 2, 3]]}]))
+    with pytest.raises(DatasetError, match=r"ann.json: record 0: 'boxes' must be a list of \[x, y, w, h\]"):
+        load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())

@@ -125,6 +125,7 @@ class TrainConfig(StrictModel):
     steps: int = Field(..., ge=1)
     batch_size: int = Field(..., ge=2)
     grad_accum_steps: int = Field(1, ge=1)
+    optimizer: Literal["adamw", "adafactor"] = "adamw"  # betas apply to AdamW only
     lr: float = Field(1e-4, gt=0.0)
     min_lr: float = Field(1e-5, ge=0.0)
     warmup_steps: int = Field(0, ge=0)

@@ -1,9 +1,12 @@
-"""Losses shared by the methods: contrastive (ITC), matching (ITM) negatives, MLM and distillation."""
+"""Losses shared by the methods: contrastive (ITC), matching (ITM) negatives, MLM, distillation and
+masked-patch reconstruction (MAE / LightVLP MIR / VLMAE RMIM)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from vlpbench.momentum import FeatureQueue
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -47,6 +50,55 @@ def sample_negatives(weights: torch.Tensor, generator: torch.Generator | None = 
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
+def momentum_contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_m: torch.Tensor,
+                              text_feat_m: torch.Tensor, image_queue: FeatureQueue, text_queue: FeatureQueue,
+                              temp: torch.Tensor | float, alpha: float = 0.0, distill: bool = False):
+    """ITC against the momentum features of the batch and the queues (ALBEF Eq. 1, 2, 6; LightVLP
+    Eq. 3, 9; VLMAE Eq. 3, 4), then the momentum features are enqueued. Only the in-batch diagonal
+    is positive; with ``distill`` the targets mix in the momentum similarities (weight ``alpha``).
+
+    Returns the loss and the student's similarities [B, B + queue] (the first B columns are the
+    batch), from which ITM samples its hard negatives.
+    """
+    with torch.no_grad():
+        image_feat_all = torch.cat([image_feat_m, image_queue.features])
+        text_feat_all = torch.cat([text_feat_m, text_queue.features])
+        one_hot = torch.eye(len(image_feat), image_feat_all.shape[0], device=image_feat.device)
+        teacher_i2t = teacher_t2i = None
+        if distill:
+            teacher_i2t = image_feat_m @ text_feat_all.T / temp
+            teacher_t2i = text_feat_m @ image_feat_all.T / temp
+    sim_i2t = image_feat @ text_feat_all.T / temp
+    sim_t2i = text_feat @ image_feat_all.T / temp
+    loss = contrastive_loss(sim_i2t, sim_t2i, distillation_targets(one_hot, teacher_i2t, alpha),
+                            distillation_targets(one_hot, teacher_t2i, alpha))
+    image_queue.enqueue(image_feat_m)
+    text_queue.enqueue(text_feat_m)
+    return loss, sim_i2t, sim_t2i
+
+
+@torch.no_grad()
+def sample_itm_negatives(sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None, batch: int, hard: bool,
+                         device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each pair, a negative image for its text and a negative text for its image (ALBEF Sec.
+    3.3, LightVLP Sec. 3.4): from the in-batch contrastive similarities when ``hard``, else uniform."""
+    neg_image = sample_negatives(negative_sampling_weights(sim_t2i[:, :batch] if hard else None, batch, hard, device))
+    neg_text = sample_negatives(negative_sampling_weights(sim_i2t[:, :batch] if hard else None, batch, hard, device))
+    return neg_image, neg_text
+
+
+def itm_pairs(text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor,
+              neg_image: torch.Tensor, neg_text: torch.Tensor):
+    """The 3B ITM pairs in one batch: the B positives, each text with its negative image, each image
+    with its negative text; returns (texts, masks, images, labels), labels 1 for the positives."""
+    bs = len(text_states)
+    texts = torch.cat([text_states, text_states, text_states[neg_text]])
+    masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
+    images = torch.cat([image_states, image_states[neg_image], image_states])
+    labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(text_states.device)
+    return texts, masks, images, labels
+
+
 def mlm_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None,
              alpha: float = 0.0) -> torch.Tensor:
     """ALBEF Eq. 3 / 7, given the logits [M, V] of the M masked positions only and their targets [M]."""
@@ -54,3 +106,27 @@ def mlm_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.
         return logits.sum() * 0.0
     one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
     return soft_cross_entropy(logits, distillation_targets(one_hot, teacher_logits, alpha))
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, N, patch_size**2 * C], patches in row-major order (a ViT's token order)."""
+    batch, channels, height, width = images.shape
+    h, w = height // patch_size, width // patch_size
+    x = images.reshape(batch, channels, h, patch_size, w, patch_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, h * w, patch_size * patch_size * channels)
+
+
+def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                     norm_pix: bool = False) -> torch.Tensor:
+    """Mean squared error per patch, averaged over the patches where ``weight`` [B, N] is true.
+
+    LightVLP Eq. 7 / MAE: ``weight`` = the masked patches; VLMAE Eq. 1 (RMIM): masked patches inside
+    the caption's region. ``norm_pix``: the target is each patch normalised by its own mean and
+    variance (MAE's variant). Zero (with a graph) when no patch is selected.
+    """
+    if norm_pix:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
+    weight = weight.to(per_patch.dtype)
+    return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 
 class PatchMask(NamedTuple):
@@ -27,6 +28,39 @@ def random_patch_masking(batch: int, num_patches: int, mask_ratio: float, device
     mask = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
     mask[:, :keep] = False
     return PatchMask(keep_idx=shuffle[:, :keep], restore_idx=restore, mask=torch.gather(mask, 1, restore))
+
+
+class TokenMask(NamedTuple):
+    """Removal of text tokens (LightVLP Sec. 3.1). Captions differ in length, so each row keeps its
+    own number of tokens; rows are padded to the longest kept row and ``kept_valid`` marks the
+    real ones. [CLS] is always kept first, [PAD] is never kept."""
+    keep_idx: torch.Tensor     # [B, K] positions to encode: [CLS] first, then kept tokens in random order
+    kept_valid: torch.Tensor   # [B, K] bool, True = a kept token (False = row padding)
+    restore_idx: torch.Tensor  # [B, L] un-shuffles the [B, L] sequence ``keep_idx`` begins back to positions
+    mask: torch.Tensor         # [B, L] bool, True = a removed (masked) token
+
+
+def random_token_masking(attention_mask: torch.Tensor, mask_ratio: float,
+                         generator: torch.Generator | None = None) -> TokenMask:
+    """Remove ``n - int(n * (1 - mask_ratio))`` of the ``n`` real tokens after [CLS] in each row."""
+    batch, length = attention_mask.shape
+    real = attention_mask.bool()
+    noise = torch.rand(batch, length, device=attention_mask.device, generator=generator)
+    noise[:, 0] = -1.0                    # [CLS] sorts first
+    noise = noise.masked_fill(~real, 2.0)  # [PAD] sorts last
+    shuffle = noise.argsort(dim=1)
+    restore = shuffle.argsort(dim=1)
+    kept_per_row = 1 + ((real.sum(1) - 1) * (1.0 - mask_ratio)).long()  # [CLS] + int(n * (1 - ratio))
+    kept_sorted = torch.arange(length, device=attention_mask.device) < kept_per_row[:, None]
+    width = int(kept_per_row.max())
+    mask = ~torch.gather(kept_sorted, 1, restore) & real
+    return TokenMask(shuffle[:, :width], kept_sorted[:, :width], restore, mask)
+
+
+def patch_region(region: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, H, W] pixel region (True = inside) -> [B, N] patches that overlap it, row-major."""
+    covered = F.max_pool2d(region[:, None].float(), patch_size)
+    return covered.flatten(1) > 0
 
 
 class MaskedTokens(NamedTuple):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlpbench.config import MethodConfig, ModelConfig
@@ -19,9 +20,11 @@ class Batch:
     images: torch.Tensor          # [B, 3, H, W], normalised
     input_ids: torch.Tensor       # [B, L]
     attention_mask: torch.Tensor  # [B, L], 1 = token
+    regions: torch.Tensor | None = None  # [B, H, W] bool: where the caption's objects are (all True: unknown)
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.images, self.input_ids, self.attention_mask)))
+        return Batch(*(None if t is None else t.to(device, non_blocking=True)
+                       for t in (self.images, self.input_ids, self.attention_mask, self.regions)))
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -71,3 +74,28 @@ class VLPMethod(nn.Module, abc.ABC):
     def match_score(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
                     image_states: torch.Tensor) -> torch.Tensor:
         """[B] image-text matching score of aligned pairs (higher = more likely matched)."""
+
+
+class ContrastiveEmbeddings:
+    """Evaluation interface of methods whose ITC embeddings are normalised projections of the
+    uni-modal [CLS] states (``visual_encoder``, ``vision_proj``, ``text_proj``)."""
+
+    def encode_image(self, images: torch.Tensor) -> VisionOutput:
+        return self.visual_encoder(images)
+
+    def image_embedding(self, image: VisionOutput) -> torch.Tensor:
+        return F.normalize(self.vision_proj(image.cls), dim=-1)
+
+    def text_embedding(self, text_states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
+
+
+class FusionEncoderMatching(ContrastiveEmbeddings):
+    """... and ALBEF's text + fusion BERT (``text``) with an ITM head on the fused [CLS] (``itm_head``)."""
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text.encode_text(input_ids, attention_mask)
+
+    def match_score(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
+                    image_states: torch.Tensor) -> torch.Tensor:
+        return self.itm_head(self.text.fuse(text_states, attention_mask, image_states)[:, 0])[:, 1]

@@ -26,6 +26,16 @@ def ema_update(students: list[nn.Module], teachers: list[nn.Module], momentum: f
     torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
 
 
+def momentum_teacher(student: nn.Module, names: tuple[str, ...]) -> nn.ModuleDict:
+    """Frozen copies of the student's submodules ``names``, kept in step by ``update_teacher``."""
+    return nn.ModuleDict({name: momentum_copy(getattr(student, name)) for name in names})
+
+
+def update_teacher(student: nn.Module, teacher: nn.ModuleDict, momentum: float) -> None:
+    """One EMA step of every teacher module towards the student's submodule of the same name."""
+    ema_update([getattr(student, name) for name in teacher], list(teacher.values()), momentum)
+
+
 @torch.no_grad()
 def gather_from_all_processes(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every process (ALBEF fills the queue with the global batch)."""
@@ -61,3 +71,10 @@ class FeatureQueue(nn.Module):
         rows = (self.ptr + torch.arange(feats.shape[0], device=feats.device)) % self.size
         self.features[rows] = feats.to(self.features.dtype)
         self.ptr.copy_((self.ptr + feats.shape[0]) % self.size)
+
+
+def distillation_weight(alpha: float, warmup_steps: int | None, step: int, steps_per_epoch: int) -> float:
+    """ALBEF's ramp of the distillation weight: ``alpha * min(1, step / warmup_steps)``, over the
+    first epoch when ``warmup_steps`` is None."""
+    ramp = steps_per_epoch if warmup_steps is None else warmup_steps
+    return alpha * (min(1.0, step / ramp) if ramp > 0 else 1.0)

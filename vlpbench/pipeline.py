@@ -94,7 +94,7 @@ class Collate:
     def __init__(self, tokenizer: TextTokenizer, max_text_len: int):
         self.tokenizer, self.max_text_len = tokenizer, max_text_len
 
-    def __call__(self, items: list[tuple[torch.Tensor, str]]) -> Batch:
-        images, captions = zip(*items)
+    def __call__(self, items: list[tuple[torch.Tensor, str, torch.Tensor]]) -> Batch:
+        images, captions, regions = zip(*items)
         input_ids, attention_mask = self.tokenizer(list(captions), self.max_text_len)
-        return Batch(torch.stack(images), input_ids, attention_mask)
+        return Batch(torch.stack(images), input_ids, attention_mask, torch.stack(regions))

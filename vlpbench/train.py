@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -52,12 +53,15 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 7_919 + step * 104_729 + 1) % (2**63)
 
 
-def build_optimizer(method: VLPMethod, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases, norms and other 1-d parameters (e.g. the temperature) get no weight decay."""
+def build_optimizer(method: VLPMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or Adafactor, LightVLP Sec. 4.1); biases, norms and other 1-d parameters (e.g. the
+    temperature) get no weight decay."""
     params = [p for p in method.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adafactor":
+        return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
 
 
@@ -178,4 +182,14 @@ class Trainer:
         steps_run = self.step - first_step
         return {"steps": self.step, "steps_this_session": steps_run, "seconds": round(seconds, 1),
                 "curve_seconds": round(curve_seconds, 1), "steps_per_epoch": self.steps_per_epoch,
-                "samples_per_s": round(steps_run * samples_per_step / max(seconds - curve_seconds, 1e-9), 1)}
+                "samples_per_s": round(steps_run * samples_per_step / max(seconds - curve_seconds, 1e-9), 1),
+                "seconds_per_step": round((seconds - curve_seconds) / max(steps_run, 1), 3),
+                "peak_memory_mb": peak_memory_mb(self.device)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory allocated by torch, or on CPU the process's peak resident set
+    (which includes the interpreter and data loading)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB

@@ -1,6 +1,7 @@
 """Loaders for ALBEF-style JSON annotations, validated when the dataset is opened.
 
-Formats: pre-training ``[{image, caption}]`` (caption a string or a list, one pair per caption);
+Formats: pre-training ``[{image, caption}]`` (caption a string or a list, one pair per caption;
+optional ``boxes: [[x, y, w, h], ..]``, the regions the caption names, for VLMAE's RMIM);
 retrieval test ``[{image, caption: [..]}]``; retrieval train ``[{image, caption, image_id}]``.
 A bad record (missing field, wrong type, missing / empty / truncated / non-image file) is an
 error naming the annotation file, the record index and the problem; with
@@ -126,6 +127,21 @@ class ImageCaptions:
     image: Path
     captions: list[str]
     source: str  # "file#index", for error messages
+    boxes: list[list[float]] | None = None  # [x, y, w, h] pixels: the regions the captions name (VLMAE RMIM)
+
+
+def _boxes_of(record: dict) -> list[list[float]] | None:
+    """Optional ``boxes: [[x, y, w, h], ..]``, or the ``bbox`` of each entry of ``phrases`` (the
+    embedded dataset's grounded phrases). None: no region annotation (the whole image counts)."""
+    boxes = record.get("boxes")
+    if boxes is None and isinstance(record.get("phrases"), list):
+        boxes = [p.get("bbox") for p in record["phrases"] if isinstance(p, dict)] or None
+    if boxes is None:
+        return None
+    if not isinstance(boxes, list) or not all(
+            isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes):
+        raise RecordError("'boxes' must be a list of [x, y, w, h] pixel boxes", f"got {str(boxes)[:80]}")
+    return [[float(v) for v in b] for b in boxes] or None
 
 
 def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_record: str, verify_images: bool,
@@ -165,7 +181,7 @@ def _validate(record, root: Path, source: str, verify_images: bool) -> ImageCapt
         load_image(path)
     elif not path.is_file():
         raise RecordError("image file is missing", str(path.absolute()))
-    return ImageCaptions(path, captions, source)
+    return ImageCaptions(path, captions, source, _boxes_of(record))
 
 
 class PretrainDataset(Dataset):
@@ -179,14 +195,16 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, torch.Tensor]:
+        """The image, the caption, and the [H, W] map of the region the caption names."""
         index, seed = key
         entry, caption = self.pairs[index]
         try:
             image = load_image(entry.image)
         except DatasetError as exc:  # only reachable with verify_images: false
             raise DatasetError(f"{entry.source}: {exc}") from None
-        return self.transform(image, torch.Generator().manual_seed(seed)), caption
+        geometry = self.transform.geometry(image.size, torch.Generator().manual_seed(seed))
+        return self.transform.apply(image, geometry), caption, self.transform.region(entry.boxes, image.size, geometry)
 
 
 class RetrievalDataset:

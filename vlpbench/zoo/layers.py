@@ -74,13 +74,15 @@ class TransformerBlock(nn.Module):
     """A bidirectional BERT layer; with ``cross_width`` it also cross-attends to another modality.
 
     Order as in ALBEF's multimodal encoder: self-attention, cross-attention, feed-forward.
+    ``self_attention: false`` gives LightVLP's cross Transformer (Eq. 4: cross-attention, feed-forward).
     """
 
     def __init__(self, width: int, num_heads: int, ffn_width: int, dropout: float = 0.1,
-                 cross_width: int | None = None, eps: float = 1e-12, pre_norm: bool = False):
+                 cross_width: int | None = None, eps: float = 1e-12, pre_norm: bool = False,
+                 self_attention: bool = True):
         super().__init__()
-        self.self_attn = MultiHeadAttention(width, num_heads, dropout=dropout)
-        self.self_attn_post = PostNormResidual(width, dropout, eps, pre_norm)
+        self.self_attn = MultiHeadAttention(width, num_heads, dropout=dropout) if self_attention else None
+        self.self_attn_post = PostNormResidual(width, dropout, eps, pre_norm) if self_attention else None
         self.cross_attn = MultiHeadAttention(width, num_heads, kv_width=cross_width, dropout=dropout) if cross_width else None
         self.cross_attn_post = PostNormResidual(width, dropout, eps, pre_norm) if cross_width else None
         self.ffn_in = nn.Linear(width, ffn_width)
@@ -90,7 +92,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None, text_only: bool = False) -> torch.Tensor:
         """``text_only`` skips the cross-attention of a fusion block (uni-modal pre-training)."""
-        x = self.self_attn_post(x, lambda h: self.self_attn(h, attn_mask=attn_mask))
+        if self.self_attn is not None:
+            x = self.self_attn_post(x, lambda h: self.self_attn(h, attn_mask=attn_mask))
         if self.cross_attn is not None and not text_only:
             if context is None:
                 raise ValueError("a fusion block needs the other modality's states (context)")

@@ -44,6 +44,8 @@ TEXT_PRESETS: dict[str, TextPreset] = {
     # ALBEF: BERT-base, 6 text + 6 fusion layers.
     "bert_base": TextPreset(width=768, num_heads=12, ffn_width=3072, text_layers=6, fusion_layers=6),
     "bert_large": TextPreset(width=1024, num_heads=16, ffn_width=4096, text_layers=12, fusion_layers=12),
+    # LightVLP_large's text encoder (Sec. 4.1): 12 layers of width 1024 (BERT-large's first 12 load into it).
+    "bert_large_12": TextPreset(width=1024, num_heads=16, ffn_width=4096, text_layers=6, fusion_layers=6),
 }
 
 
@@ -56,8 +58,9 @@ class TextEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(p.width, eps=p.layer_norm_eps)
         self.drop = nn.Dropout(p.dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``position_ids`` [B, L]: each token's place in the full caption (tokens may have been removed)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) if position_ids is None else position_ids
         x = self.word(input_ids) + self.position(positions) + self.token_type.weight[0]
         return self.drop(self.norm(x))
 
@@ -78,7 +81,7 @@ class MLMHead(nn.Module):
 class BertTextModel(nn.Module):
     """Text encoder + multimodal (fusion) encoder + MLM head, as one BERT."""
 
-    def __init__(self, preset: TextPreset, image_width: int):
+    def __init__(self, preset: TextPreset, image_width: int | None):
         super().__init__()
         self.preset = preset
         self.width = preset.width
@@ -97,8 +100,9 @@ class BertTextModel(nn.Module):
         self.mlm_head = MLMHead(p)
         self.apply(lambda module: _init_bert_weights(module, p.init_std))
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings(input_ids)
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embeddings(input_ids, position_ids)
         mask = padding_mask_to_attn_mask(attention_mask)
         for layer in self.text_layers:
             x = layer(x, attn_mask=mask)
@@ -111,10 +115,13 @@ class BertTextModel(nn.Module):
             x = layer(x, attn_mask=mask, context=image_states, context_mask=ctx_mask)
         return self.fusion_norm(x)
 
-    def encode_text_only(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text_only(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """All layers as one text-only BERT (fusion layers without their cross-attention), as the
-        BERT that initialises ALBEF's text and fusion layers is trained (uni-modal pre-training)."""
-        x, mask = self.encode_text(input_ids, attention_mask), padding_mask_to_attn_mask(attention_mask)
+        BERT that initialises ALBEF's text and fusion layers is trained (uni-modal pre-training),
+        and as LightVLP's uni-modal text encoder (built with ``image_width=None``: no cross-attention)."""
+        x = self.encode_text(input_ids, attention_mask, position_ids)
+        mask = padding_mask_to_attn_mask(attention_mask)
         for layer in self.fusion_layers:
             x = layer(x, attn_mask=mask, text_only=True)
         return self.fusion_norm(x)
@@ -177,8 +184,9 @@ def hf_bert_to_vlpbench(state_dict: dict[str, torch.Tensor], text_layers: int) -
     return out
 
 
-def create_text_model(preset: str, image_width: int, pretrained: str | None = None, **overrides) -> BertTextModel:
-    """Build a text+fusion BERT from a named preset, optionally loading BERT weights.
+def create_text_model(preset: str, image_width: int | None, pretrained: str | None = None, **overrides) -> BertTextModel:
+    """Build a text+fusion BERT from a named preset, optionally loading BERT weights;
+    ``image_width=None`` builds it without cross-attention (a text-only BERT).
 
     ``pretrained`` is a local file or directory, or a hub name (needs network), holding a Hugging
     Face BERT or a vlpbench text model's state dict (uni-modal pre-training). Missing keys

@@ -27,6 +27,8 @@ VISION_PRESETS: dict[str, VisionPreset] = {
     # ALBEF: ViT-B/16 pre-trained at 256x256 (Sec. 3.5).
     "vit_base": VisionPreset("vit_base_patch16_224", 256),
     "vit_large": VisionPreset("vit_large_patch16_224", 224),
+    # LightVLP_large's image encoder (Sec. 4.1): 12 layers of width 1024, 256x256 images.
+    "vit_large_12": VisionPreset("vit_large_patch16_224", 256, dict(depth=12)),
 }
 
 

@@ -1,0 +1,164 @@
+"""VLMAE: vision-language masked autoencoder (Sec. 3.2-3.8, Eq. 1-7).
+
+The image encoder sees only the visible patches (``image_mask_ratio``, 50%); the momentum image
+encoder sees the whole image. An MAE-style image decoder reads the visible image states
+concatenated with the text states and reconstructs the masked patches, scored only inside the
+caption's region (RMIM, Eq. 1); the visible-patch [CLS] regresses the momentum full-image [CLS]
+(IFR, L1, Eq. 2); ITC with momentum distillation, ITM with hard negatives and MLM (15%) use the
+visible-patch image states (Eq. 3-6). Loss = RMIM + IFR + ITC + ITM + MLM (Eq. 7).
+
+Choices the paper leaves open:
+- Region: the union of the boxes of the objects the caption names (``boxes`` in the annotation,
+  or the embedded dataset's phrase boxes); a patch counts as inside when it overlaps the region.
+  Without boxes the whole image is the region (Sec. 3.4).
+- ITC follows ALBEF's implementation (queues of momentum features, learnable temperature clamped
+  to [temp_min, temp_max], targets mixing in the momentum similarities with weight ``alpha``).
+- MLM is plain BERT MLM (Eq. 6 names no distillation); 80/10/10 corruption.
+- Decoder targets are the normalised input pixels (``norm_pix``: per-patch normalised, off).
+
+Table 6 rows: ``mim: none`` and ``ifr: false`` (Baseline), ``mim: image`` (+MIM, whole image),
+``mim: region`` (+RMIM), ``mim: region`` + ``ifr: true`` (+RMIM+IFR, the default). Table 7:
+``image_mask_ratio`` 0.25 / 0.5 / 0.75.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from vlpbench.config import MethodConfig
+from vlpbench.losses import (itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
+                             sample_itm_negatives)
+from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, random_patch_masking
+from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
+from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
+from vlpbench.registry import register_method
+from vlpbench.zoo import create_text_model, create_vision_encoder
+from vlpbench.zoo.decoder import MaskedDecoder
+from vlpbench.zoo.vision import VisionOutput
+
+
+class VLMAEConfig(MethodConfig):
+    """Defaults are the paper's (Sec. 4.2, Table 9)."""
+    name: Literal["vlmae"] = "vlmae"
+    image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)
+    mim: Literal["none", "image", "region"] = "region"
+    ifr: bool = True
+    norm_pix: bool = False
+    decoder_layers: int = Field(4, ge=1)
+    decoder_width: int = Field(512, ge=8)
+    decoder_heads: int = Field(8, ge=1)
+    embed_dim: int = Field(256, ge=1)
+    queue_size: int = Field(65536, ge=1)
+    momentum: float = Field(0.995, ge=0.0, le=1.0)
+    temp: float = Field(0.07, gt=0.0)
+    temp_min: float = Field(0.001, gt=0.0)
+    temp_max: float = Field(0.5, gt=0.0)
+    alpha: float = Field(0.4, ge=0.0, le=1.0)
+    alpha_warmup_steps: int | None = Field(None, ge=0)  # None: the first epoch, as ALBEF
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+
+    def check(self, experiment) -> list[str]:
+        problems = []
+        if self.queue_size % experiment.train.batch_size:
+            problems.append(f"method.queue_size: {self.queue_size} is not divisible by train.batch_size "
+                            f"{experiment.train.batch_size}")
+        if self.decoder_width % self.decoder_heads:
+            problems.append(f"method.decoder_width: {self.decoder_width} is not divisible by "
+                            f"method.decoder_heads {self.decoder_heads}")
+        if not self.temp_min <= self.temp <= self.temp_max:
+            problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
+        return problems
+
+
+@register_method
+class VLMAE(FusionEncoderMatching, VLPMethod):
+    name = "vlmae"
+    config_class = VLMAEConfig
+    _ema_names = ("visual_encoder", "vision_proj", "text", "text_proj")
+
+    def __init__(self, config: VLMAEConfig, model, tokenizer):
+        super().__init__(config, model, tokenizer)
+        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
+        self.text = create_text_model(model.text.preset, self.visual_encoder.width, model.text.pretrained,
+                                      vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
+        self.vision_proj = nn.Linear(self.visual_encoder.width, config.embed_dim)
+        self.text_proj = nn.Linear(self.text.width, config.embed_dim)
+        self.itm_head = nn.Linear(self.text.width, 2)
+        self.temp = nn.Parameter(torch.tensor(config.temp))
+        self.patch_size = self.visual_encoder.vit.patch_embed.patch_size[0]
+        if config.mim != "none":
+            self.image_decoder = MaskedDecoder(self.visual_encoder.width, config.decoder_width, config.decoder_layers,
+                                               config.decoder_heads, self.visual_encoder.num_patches,
+                                               self.patch_size ** 2 * 3, prefix_tokens=1, context_width=self.text.width)
+        self.teacher = momentum_teacher(self, self._ema_names)
+        self.image_queue = FeatureQueue(config.queue_size, config.embed_dim)
+        self.text_queue = FeatureQueue(config.queue_size, config.embed_dim)
+
+    def current_alpha(self, progress: Progress) -> float:
+        cfg = self.config
+        return distillation_weight(cfg.alpha, cfg.alpha_warmup_steps, progress.step, progress.steps_per_epoch)
+
+    # ---- pre-training ----
+    def forward(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        with torch.no_grad():
+            self.temp.clamp_(cfg.temp_min, cfg.temp_max)
+        patches = random_patch_masking(len(batch), self.visual_encoder.num_patches, cfg.image_mask_ratio,
+                                       batch.images.device)
+        image = self.visual_encoder(batch.images, patches.keep_idx)  # Sec. 3.3: visible patches only
+        text_states = self.encode_text(batch.input_ids, batch.attention_mask)
+        with torch.no_grad():
+            full_image_m = self.teacher["visual_encoder"](batch.images)
+
+        losses = {}
+        losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, full_image_m, batch,
+                                                             self.current_alpha(progress))
+        negatives = sample_itm_negatives(sim_i2t, sim_t2i, len(batch), True, text_states.device)
+        texts, masks, images, labels = itm_pairs(text_states, batch.attention_mask, image.states, *negatives)
+        losses["loss_itm"] = F.cross_entropy(self.itm_head(self.text.fuse(texts, masks, images)[:, 0]), labels)
+        losses["loss_mlm"] = self.mlm_loss(image, batch)
+        if cfg.mim != "none":
+            losses["loss_rmim" if cfg.mim == "region" else "loss_mim"] = self.rmim_loss(image, text_states, batch, patches)
+        if cfg.ifr:
+            losses["loss_ifr"] = F.l1_loss(image.cls, full_image_m.cls)  # Eq. 2, the target carries no gradient
+        losses["loss"] = sum(losses.values())
+        losses["temp"] = self.temp.detach()
+        return losses
+
+    def itc_loss(self, image: VisionOutput, text_states: torch.Tensor, full_image_m: VisionOutput, batch: Batch,
+                 alpha: float):
+        """Eq. 3-4: the visible-patch image against momentum features of the full image and the text."""
+        with torch.no_grad():
+            image_feat_m = F.normalize(self.teacher["vision_proj"](full_image_m.cls), dim=-1)
+            text_m = self.teacher["text"].encode_text(batch.input_ids, batch.attention_mask)
+            text_feat_m = F.normalize(self.teacher["text_proj"](text_m[:, 0]), dim=-1)
+        return momentum_contrastive_loss(self.image_embedding(image), self.text_embedding(text_states), image_feat_m,
+                                         text_feat_m, self.image_queue, self.text_queue, self.temp, alpha, True)
+
+    def mlm_loss(self, image: VisionOutput, batch: Batch) -> torch.Tensor:
+        """Eq. 6: masked tokens from the unmasked text and the visible patches."""
+        tok = self.tokenizer
+        masked = mask_tokens_for_mlm(batch.input_ids, tok.vocab_size, tok.mask_id, [tok.pad_id, tok.cls_id],
+                                     self.config.mlm_probability)
+        positions = masked.labels != -100
+        fused = self.text.fuse(self.encode_text(masked.input_ids, batch.attention_mask), batch.attention_mask,
+                               image.states)
+        return mlm_loss(self.text.mlm_logits(fused[positions]), masked.labels[positions])
+
+    def rmim_loss(self, image: VisionOutput, text_states: torch.Tensor, batch: Batch, patches: PatchMask) -> torch.Tensor:
+        """Eq. 1: decode from the visible image and the text; MSE over the masked patches inside
+        the caption's region (``mim: image``: all masked patches, the +MIM row of Table 6)."""
+        pred = self.image_decoder(image.states, patches.restore_idx, context=text_states,
+                                  context_mask=batch.attention_mask)
+        weight = patches.mask
+        if self.config.mim == "region" and batch.regions is not None:
+            weight = weight & patch_region(batch.regions, self.patch_size)
+        return masked_patch_mse(pred, patchify(batch.images, self.patch_size), weight, self.config.norm_pix)
+
+    def after_optimizer_step(self) -> None:
+        update_teacher(self, self.teacher, self.config.momentum)
