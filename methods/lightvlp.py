@@ -33,9 +33,19 @@ from pydantic import Field
 from torch import nn
 
 from vlpbench.config import MethodConfig
-from vlpbench.losses import (itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify,
-                             sample_itm_negatives)
-from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
+from vlpbench.losses import (
+    itm_pairs,
+    masked_patch_mse,
+    momentum_contrastive_loss,
+    patchify,
+    sample_itm_negatives,
+)
+from vlpbench.masking import (
+    PatchMask,
+    TokenMask,
+    random_patch_masking,
+    random_token_masking,
+)
 from vlpbench.method import Batch, ContrastiveEmbeddings, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
@@ -123,6 +133,9 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
 
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
         return self.interact(image_states, text_states, attention_mask)[2]
+
+    def match_probability(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(scores)  # the gate p of Eq. 5
 
     # ---- the steps of Fig. 2 ----
     def mask_inputs(self, batch: Batch) -> tuple[PatchMask, TokenMask]:

@@ -1,13 +1,18 @@
+import json
 import math
 
 import pytest
 import torch
+from conftest import train_on_one_batch
 
+from vlpbench.analysis import roc_auc
+from vlpbench.cli import main
 from vlpbench.config import config_from_dict
+from vlpbench.experiment import run_experiment
 from vlpbench.method import Batch, Progress
 from vlpbench.pipeline import build_method
+from vlpbench.rundir import RunDir
 from vlpbench.zoo import train_wordpiece
-from conftest import train_on_one_batch
 
 PROGRESS = Progress(step=5, steps_per_epoch=10, total_steps=20)
 MINI = dict(name="lightvlp", embed_dim=32, queue_size=16, cross_layers=1, decoder_layers=1, decoder_width=32,
@@ -91,3 +96,25 @@ def test_a_few_steps_reduce_the_loss(tiny_config):
     method, tok = make(tiny_config, image_mask_ratio=0.5)
     losses = train_on_one_batch(method, batch(tok), PROGRESS)
     assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def test_roc_auc_counts_ties_as_half():
+    # pairs (positive, negative): 3>1, 3>2, 2>1 win; 2=2 ties -> (3 + 0.5) / 4
+    assert roc_auc(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 2.0])) == pytest.approx(0.875)
+    assert roc_auc(torch.tensor([0.0]), torch.tensor([1.0, 2.0])) == 0.0
+
+
+def test_gate_command_reports_auc_and_p_per_noise_kind(tiny_config, tmp_path, capsys):
+    tiny_config["method"] = dict(MINI)
+    tiny_config["data"]["embedded"]["noisy_fraction"] = 0.5
+    tiny_config["eval"]["retrieval"]["enabled"] = False
+    cfg = config_from_dict(tiny_config)
+    run = RunDir.create(cfg)
+    run_experiment(cfg, run, log=lambda *_: None)
+    out = tmp_path / "gate.json"
+    assert main(["gate", str(run.path), "--max-pairs", "20", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert sum(result["num_pairs"].values()) == 20 and result["num_pairs"]["clean"] < 20
+    assert 0.0 <= result["auc"]["clean_vs_noisy"] <= 1.0
+    assert all(0.0 <= q["q10"] <= q["median"] <= q["q90"] <= 1.0 for q in result["p"].values())
+    assert "ROC AUC clean vs noisy" in capsys.readouterr().out

@@ -1,11 +1,11 @@
 import torch
+from conftest import train_on_one_batch
 
 from vlpbench.config import config_from_dict
 from vlpbench.masking import random_patch_masking
 from vlpbench.method import Batch, Progress
 from vlpbench.pipeline import build_method
 from vlpbench.zoo import train_wordpiece
-from conftest import train_on_one_batch
 
 PROGRESS = Progress(step=5, steps_per_epoch=10, total_steps=20)
 MINI = dict(name="vlmae", embed_dim=32, queue_size=16, decoder_layers=1, decoder_width=32, decoder_heads=4)

@@ -10,7 +10,7 @@ from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
 from vlpbench.data.datasets import DatasetError
 from vlpbench.data.embedded import ensure_embedded_dataset
-from vlpbench.experiment import EvaluationError, evaluate_checkpoint, run_experiment
+from vlpbench.experiment import EvaluationError, evaluate_checkpoint, gate_analysis, run_experiment
 from vlpbench.io import write_json
 from vlpbench.pipeline import runtime_device
 from vlpbench.registry import available_methods, get_method
@@ -133,6 +133,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_gate(args) -> int:
+    if args.max_pairs < 1:
+        raise ConfigError(f"--max-pairs {args.max_pairs}: expected a positive number of pairs")
+    result = gate_analysis(args.target, args.ann, args.image_root, args.max_pairs, args.batch_size, args.device)
+    print(f"{result['method']}: matching score of {sum(result['num_pairs'].values())} pre-training pairs "
+          f"({', '.join(f'{k} {n}' for k, n in result['num_pairs'].items())})")
+    for name, auc in result["auc"].items():
+        print(f"  ROC AUC {name.replace('_', ' ')}: {auc:.3f}")
+    for kind, q in result.get("p", {}).items():
+        print(f"  gate p, {kind}: mean {q['mean']:.3f}, 10/50/90% {q['q10']:.3f} / {q['median']:.3f} / {q['q90']:.3f}")
+    if args.output:
+        write_json(args.output, result)
+    return 0
+
+
 def cmd_summary(args) -> int:
     summary = summarize(read_results(args.runs))
     print(format_summary(summary))
@@ -215,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--on-bad-record", choices=["error", "skip"], default="error")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
+
+    gate = sub.add_parser("gate", help="how well the matching score (LightVLP: the gate p) separates noisy pairs",
+                          description="ROC AUC of a trained model's matching score between clean and known-noisy "
+                                      "pre-training pairs, and the distribution of LightVLP's gate p (Fig. 4).")
+    gate.add_argument("target", help="run directory (uses its latest checkpoint) or checkpoint file")
+    gate.add_argument("--ann", action="append", help="pre-training JSON whose records may carry 'noise' "
+                                                    "(default: the run's own pre-training data)")
+    gate.add_argument("--image-root", default=".", help="directory image paths are relative to (with --ann)")
+    gate.add_argument("--max-pairs", type=int, default=2000, help="score the first N records")
+    gate.add_argument("--batch-size", type=int, default=128)
+    gate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    gate.add_argument("--output", help="also write the result to this JSON file")
+    gate.set_defaults(func=cmd_gate)
 
     data = sub.add_parser("data", help="generate the embedded dataset and print its folder",
                           description="Generate (or find cached) the embedded dataset an experiment uses.")

@@ -108,7 +108,7 @@ def encode_split(method: VLPMethod, image_batches: Iterable[torch.Tensor], texts
                         torch.cat(text_feats), attention_mask, text_to_image.to(device))
 
 
-def _pair_scores(method: VLPMethod, split: EncodedSplit, image_idx: torch.Tensor, text_idx: torch.Tensor,
+def pair_scores(method: VLPMethod, split: EncodedSplit, image_idx: torch.Tensor, text_idx: torch.Tensor,
                  batch_size: int) -> torch.Tensor:
     """ITM scores of the (image, text) pairs given by two index vectors, in batches."""
     scores = torch.empty(image_idx.shape[0], device=image_idx.device)
@@ -127,7 +127,7 @@ def _topk_rerank(method: VLPMethod, split: EncodedSplit, sims: torch.Tensor, k: 
     cols = top_idx.reshape(-1)
     image_idx, text_idx = (rows, cols) if rows_are_images else (cols, rows)
     out = torch.full_like(sims, float("-inf"))
-    out[rows, cols] = _pair_scores(method, split, image_idx, text_idx, batch_size)
+    out[rows, cols] = pair_scores(method, split, image_idx, text_idx, batch_size)
     return out
 
 
@@ -137,7 +137,7 @@ def _all_pairs(method: VLPMethod, split: EncodedSplit, batch_size: int) -> torch
     device = split.text_states.device
     image_idx = torch.arange(num_images, device=device).repeat_interleave(num_texts)
     text_idx = torch.arange(num_texts, device=device).repeat(num_images)
-    return _pair_scores(method, split, image_idx, text_idx, batch_size).view(num_images, num_texts)
+    return pair_scores(method, split, image_idx, text_idx, batch_size).view(num_images, num_texts)
 
 
 @contextmanager

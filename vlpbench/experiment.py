@@ -11,6 +11,7 @@ from vlpbench import pipeline, unimodal
 from vlpbench.checkpoint import read_checkpoint
 from vlpbench.config import AnnotationSource, ExperimentConfig, RetrievalEvalConfig, config_from_dict
 from vlpbench.data.datasets import SkipReport
+from vlpbench.analysis import matching_separation
 from vlpbench.evaluate import LearningCurve, evaluate_retrieval
 from vlpbench.method import VLPMethod
 from vlpbench.rundir import RunDir
@@ -127,3 +128,16 @@ def evaluate_checkpoint(target: str, ann: list[str], image_root: str, eval_cfg: 
     results = evaluate_retrieval(method, dataset, tokenizer, eval_cfg, cfg.data.max_text_len, torch_device)
     results["skipped_records"] = skips.as_dict()
     return results
+
+
+def gate_analysis(target: str, ann: list[str] | None, image_root: str, max_pairs: int, batch_size: int,
+                  device: str = "auto") -> dict:
+    """``analysis.matching_separation`` of a trained model on the first ``max_pairs`` records of
+    ``ann`` (default: the run's own pre-training data, whose noisy pairs the embedded dataset marks)."""
+    torch_device = pipeline.resolve_device(device, key="--device")
+    cfg, method, tokenizer = load_trained(target, torch_device)
+    source = AnnotationSource(ann=ann, image_root=image_root) if ann else pipeline.data_sources(cfg)["pretrain"]
+    entries = pipeline.open_entries(source, cfg, SkipReport(), "pass --on-bad-record skip")[:max_pairs]
+    result = matching_separation(method, entries, tokenizer, pipeline.image_size_of(cfg.model.vision),
+                                 cfg.data.max_text_len, batch_size, torch_device)
+    return {"method": cfg.method.name, "annotations": source.ann_files, **result}

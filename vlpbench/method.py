@@ -75,6 +75,11 @@ class VLPMethod(nn.Module, abc.ABC):
                     image_states: torch.Tensor) -> torch.Tensor:
         """[B] image-text matching score of aligned pairs (higher = more likely matched)."""
 
+    def match_probability(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """The matching probability ``match_score`` stands for, where the method has one as such
+        (LightVLP's gate p); None otherwise."""
+        return None
+
 
 class ContrastiveEmbeddings:
     """Evaluation interface of methods whose ITC embeddings are normalised projections of the

@@ -128,6 +128,7 @@ class ImageCaptions:
     captions: list[str]
     source: str  # "file#index", for error messages
     boxes: list[list[float]] | None = None  # [x, y, w, h] pixels: the regions the captions name (VLMAE RMIM)
+    noise: str | None = None  # a known-noisy pair's kind (embedded data: mismatch, wrong_attribute); None: clean
 
 
 def _boxes_of(record: dict) -> list[list[float]] | None:
@@ -181,7 +182,8 @@ def _validate(record, root: Path, source: str, verify_images: bool) -> ImageCapt
         load_image(path)
     elif not path.is_file():
         raise RecordError("image file is missing", str(path.absolute()))
-    return ImageCaptions(path, captions, source, _boxes_of(record))
+    noise = record.get("noise")
+    return ImageCaptions(path, captions, source, _boxes_of(record), noise if isinstance(noise, str) else None)
 
 
 class PretrainDataset(Dataset):
