@@ -33,19 +33,8 @@ from pydantic import Field
 from torch import nn
 
 from vlpbench.config import MethodConfig
-from vlpbench.losses import (
-    itm_pairs,
-    masked_patch_mse,
-    momentum_contrastive_loss,
-    patchify,
-    sample_itm_negatives,
-)
-from vlpbench.masking import (
-    PatchMask,
-    TokenMask,
-    random_patch_masking,
-    random_token_masking,
-)
+from vlpbench.losses import itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify, sample_itm_negatives
+from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
 from vlpbench.method import Batch, ContrastiveEmbeddings, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
 from vlpbench.registry import register_method

@@ -31,27 +31,11 @@ from pydantic import Field
 from torch import nn
 
 from vlpbench.config import MethodConfig
-from vlpbench.losses import (
-    itm_pairs,
-    masked_patch_mse,
-    mlm_loss,
-    momentum_contrastive_loss,
-    patchify,
-    sample_itm_negatives,
-)
-from vlpbench.masking import (
-    PatchMask,
-    mask_tokens_for_mlm,
-    patch_region,
-    random_patch_masking,
-)
+from vlpbench.losses import (itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
+                             sample_itm_negatives)
+from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, random_patch_masking
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
-from vlpbench.momentum import (
-    FeatureQueue,
-    distillation_weight,
-    momentum_teacher,
-    update_teacher,
-)
+from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
 from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.decoder import MaskedDecoder

@@ -17,12 +17,7 @@ from scipy.stats import rankdata
 
 from vlpbench.data.datasets import ImageCaptions, RetrievalDataset
 from vlpbench.data.transforms import ImageTransform
-from vlpbench.evaluate import (
-    dataset_image_batches,
-    encode_split,
-    eval_mode,
-    pair_scores,
-)
+from vlpbench.evaluate import dataset_image_batches, encode_split, eval_mode, pair_scores
 from vlpbench.method import VLPMethod
 from vlpbench.zoo.tokenizer import TextTokenizer
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vlpbench.bench import format_table, run_isolated
 from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
 from vlpbench.data.datasets import DatasetError
@@ -148,6 +149,16 @@ def cmd_gate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    for experiment in args.experiments:
+        load_config(experiment, args.override)  # a bad file or override fails here, not in the subprocess
+    rows = [run_isolated(e, args.override, args.steps, args.warmup) for e in args.experiments]
+    print(format_table(rows))
+    if args.output:
+        write_json(args.output, rows)
+    return 0
+
+
 def cmd_summary(args) -> int:
     summary = summarize(read_results(args.runs))
     print(format_summary(summary))
@@ -243,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     gate.add_argument("--output", help="also write the result to this JSON file")
     gate.set_defaults(func=cmd_gate)
+
+    bench = sub.add_parser("bench", help="seconds per training step and peak memory of experiments",
+                           description="Time the training step of each experiment (its own process, real batches, "
+                                       "random weights) and report seconds per step, samples/s and peak memory.")
+    bench.add_argument("experiments", nargs="+", help="experiment YAML files")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bench.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="applied to every experiment")
+    bench.add_argument("--output", help="also write the rows to this JSON file")
+    bench.set_defaults(func=cmd_bench)
 
     data = sub.add_parser("data", help="generate the embedded dataset and print its folder",
                           description="Generate (or find cached) the embedded dataset an experiment uses.")

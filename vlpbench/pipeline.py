@@ -74,12 +74,16 @@ def retrieval_dataset(entries: list[ImageCaptions], cfg: ExperimentConfig) -> Re
     return RetrievalDataset(entries, ImageTransform(image_size_of(cfg.model.vision)))
 
 
-def build_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions], save_to: Path) -> TextTokenizer:
-    """The configured tokenizer, or WordPiece trained on the pre-training captions; saved to ``save_to``."""
+def make_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions]) -> TextTokenizer:
+    """The configured tokenizer, or WordPiece trained on the pre-training captions."""
     if cfg.model.text.tokenizer:
-        tokenizer = TextTokenizer.load(cfg.model.text.tokenizer)
-    else:
-        tokenizer = train_wordpiece((c for e in entries for c in e.captions), cfg.model.text.vocab_size)
+        return TextTokenizer.load(cfg.model.text.tokenizer)
+    return train_wordpiece((c for e in entries for c in e.captions), cfg.model.text.vocab_size)
+
+
+def build_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions], save_to: Path) -> TextTokenizer:
+    """``make_tokenizer``, saved to ``save_to``."""
+    tokenizer = make_tokenizer(cfg, entries)
     tokenizer.save(save_to)
     return tokenizer
 
