@@ -102,6 +102,10 @@ class IndexDataset:
     def image_tensor(self, index):
         return torch.full((3, 2, 2), float(index))
 
+    def head(self, num_images):
+        per_image = len(self.texts) // len(self.images)
+        return IndexDataset(num_images, per_image)
+
 
 def index_tokenizer(texts, max_len):
     ids = torch.tensor([[int(t[1:])] for t in texts])
@@ -127,3 +131,15 @@ def test_k_test_all_ranks_every_candidate_by_itm():
     # with k_test 1 the candidates come from the (uninformative) ITC similarities, which tie everywhere
     out_k1 = evaluate_retrieval(TableMethod(table), data, index_tokenizer, RetrievalEvalConfig(k_test=1), 8, "cpu")
     assert out_k1["ranking"] == "ITC top-1, re-ranked by ITM" and out_k1["itm"]["img_r1"] < 50.0
+
+
+def test_max_images_evaluates_the_first_images_and_their_captions_only():
+    from vlpbench.config import RetrievalEvalConfig
+    from vlpbench.evaluate import evaluate_retrieval
+
+    data = IndexDataset(num_images=6, captions_per_image=2)
+    table = torch.eye(6).repeat_interleave(2, dim=0)  # each text matches its own image only
+    method = TableMethod(table)
+    out = evaluate_retrieval(method, data, index_tokenizer, RetrievalEvalConfig(k_test="all", max_images=3), 8, "cpu")
+    assert method.calls == 3 * 6 and out["num_images"] == 3 and out["num_texts"] == 6
+    assert out["itm"]["txt_r1"] == out["itm"]["img_r1"] == 100.0

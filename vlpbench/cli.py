@@ -120,8 +120,9 @@ def check_stop_at(stop_at: int | None, steps: int, run) -> None:
 
 
 def cmd_eval(args) -> int:
-    eval_cfg = validate_arguments(RetrievalEvalConfig, {"k_test": args.k_test, "batch_size": args.batch_size},
-                                  {"k_test": "--k-test", "batch_size": "--batch-size"})
+    eval_cfg = validate_arguments(RetrievalEvalConfig,
+                                  {"k_test": args.k_test, "batch_size": args.batch_size, "max_images": args.max_images},
+                                  {"k_test": "--k-test", "batch_size": "--batch-size", "max_images": "--max-images"})
     results = evaluate_checkpoint(args.target, args.ann, args.image_root, eval_cfg, args.on_bad_record, args.device)
     print(f"zero-shot retrieval on {results['num_images']} images / {results['num_texts']} texts "
           f"({results['ranking']}):")
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-root", default=".", help="directory image paths are relative to")
     ev.add_argument("--k-test", type=int_or_word, default=16,
                     help="ITM re-ranks this many ITC candidates; 'all': ITM scores every pair")
+    ev.add_argument("--max-images", type=int, help="evaluate on the first N images (and their captions) only")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ev.add_argument("--on-bad-record", choices=["error", "skip"], default="error")

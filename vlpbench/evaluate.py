@@ -162,8 +162,11 @@ def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: 
 
     ``k_test: all`` scores every image-text pair with ITM (for methods without a contrastive
     embedding); otherwise ITM re-ranks each query's top-k ITC candidates, as ALBEF does.
+    ``max_images``: only the first that many images of ``dataset`` and their captions.
     """
     start = time.perf_counter()
+    if cfg.max_images:
+        dataset = dataset.head(cfg.max_images)
     with eval_mode(method):
         split = encode_split(method, dataset_image_batches(dataset, cfg.batch_size), dataset.texts,
                              dataset.text_to_image, tokenizer, cfg.batch_size, max_text_len, device)
