@@ -63,7 +63,7 @@ class ALBEFConfig(MethodConfig):
     distill_mlm: bool = True
 
     def check(self, experiment) -> list[str]:
-        problems = []
+        problems = super().check(experiment)
         if self.itc and self.queue_size % experiment.train.batch_size:
             problems.append(f"method.queue_size: {self.queue_size} is not divisible by train.batch_size "
                             f"{experiment.train.batch_size}")
@@ -71,10 +71,6 @@ class ALBEFConfig(MethodConfig):
             problems.append("method.distill_itc: needs method.itc: true")
         if self.itm_hard_negatives and not self.itc:
             problems.append("method.itm_hard_negatives: hard negatives come from ITC similarities; needs method.itc: true")
-        retrieval = experiment.eval.retrieval
-        if not self.itc and retrieval.enabled and retrieval.k_test != "all":
-            problems.append(f"eval.retrieval.k_test: {retrieval.k_test} takes ITM candidates from ITC similarities, "
-                            "which method.itc: false never trains; set k_test: all (ITM scores every pair)")
         if not self.temp_min <= self.temp <= self.temp_max:
             problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
         if self.mlm_mask_fraction + self.mlm_random_fraction > 1.0:

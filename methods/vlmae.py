@@ -63,7 +63,7 @@ class VLMAEConfig(MethodConfig):
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
 
     def check(self, experiment) -> list[str]:
-        problems = []
+        problems = super().check(experiment)
         if self.queue_size % experiment.train.batch_size:
             problems.append(f"method.queue_size: {self.queue_size} is not divisible by train.batch_size "
                             f"{experiment.train.batch_size}")

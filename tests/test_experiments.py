@@ -33,7 +33,7 @@ def test_mini_experiments_change_only_the_method(path):
     base = read_yaml_with_base(EXPERIMENTS / "mini_base.yaml")
     raw = {**base, "name": cfg.name, "method": read_yaml_with_base(path)["method"]}
     if cfg.eval.retrieval.k_test == "all":  # allowed (on a subset) for methods without a contrastive embedding only
-        assert getattr(cfg.method, "itc", True) is False
+        assert not cfg.method.has_contrastive_embedding()
         protocol = {"k_test": "all", "max_images": cfg.eval.retrieval.max_images}
         raw["eval"] = {**raw["eval"], "retrieval": {**raw["eval"]["retrieval"], **protocol}}
     assert cfg == config_from_dict(raw), "a mini experiment may set only name and method; the rest is mini_base.yaml's"

@@ -36,7 +36,8 @@ def retrieval_rows(results: dict) -> dict[str, dict]:
     rows = {}
     if "retrieval_untrained" in results:
         rows["untrained, ITM ranking"] = results["retrieval_untrained"]["itm"]
-    rows["trained, ITC only"] = results["retrieval"]["itc"]
+    if results["retrieval"]["itc"] is not None:
+        rows["trained, ITC only"] = results["retrieval"]["itc"]
     rows["trained, ITM ranking"] = results["retrieval"]["itm"]
     rows["chance"] = results["retrieval"]["chance"]
     return rows
@@ -126,7 +127,8 @@ def cmd_eval(args) -> int:
     results = evaluate_checkpoint(args.target, args.ann, args.image_root, eval_cfg, args.on_bad_record, args.device)
     print(f"zero-shot retrieval on {results['num_images']} images / {results['num_texts']} texts "
           f"({results['ranking']}):")
-    print(format_retrieval_table({"ITC only": results["itc"], "ITM ranking": results["itm"], "chance": results["chance"]}))
+    rows = {"ITC only": results["itc"], "ITM ranking": results["itm"], "chance": results["chance"]}
+    print(format_retrieval_table({label: metrics for label, metrics in rows.items() if metrics is not None}))
     skipped = results["skipped_records"]
     if skipped["total"]:
         print(f"skipped {skipped['total']} bad records: {skipped['summary']}")

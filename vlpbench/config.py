@@ -116,8 +116,17 @@ class MethodConfig(StrictModel):
     """Base of every method's config; a method adds its own keys in its own file."""
     name: str
 
+    def has_contrastive_embedding(self) -> bool:
+        """Whether the method trains an image-text contrastive embedding (ITC); without one,
+        retrieval ranks every pair by ITM and reports no ITC-only result."""
+        return getattr(self, "itc", True)
+
     def check(self, experiment: "ExperimentConfig") -> list[str]:
-        """Cross-section problems as ``"key.path: message"`` strings (none by default)."""
+        """Cross-section problems as ``"key.path: message"`` strings; a method adds its own to these."""
+        retrieval = experiment.eval.retrieval
+        if not self.has_contrastive_embedding() and retrieval.enabled and retrieval.k_test != "all":
+            return [f"eval.retrieval.k_test: {retrieval.k_test} takes ITM candidates from ITC similarities, which "
+                    "this method does not train; set k_test: all (ITM scores every pair; max_images bounds the cost)"]
         return []
 
 

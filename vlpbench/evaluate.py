@@ -157,12 +157,14 @@ def ranking_name(k_test: int | str) -> str:
 
 @torch.no_grad()
 def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: TextTokenizer,
-                       cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device) -> dict:
+                       cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device,
+                       contrastive: bool = True) -> dict:
     """{"itc": metrics from similarities alone, "itm": metrics of the ITM ranking, "chance": ...}.
 
     ``k_test: all`` scores every image-text pair with ITM (for methods without a contrastive
     embedding); otherwise ITM re-ranks each query's top-k ITC candidates, as ALBEF does.
-    ``max_images``: only the first that many images of ``dataset`` and their captions.
+    ``max_images``: only the first that many images of ``dataset`` and their captions. Without a
+    ``contrastive`` embedding there is no ITC-only result ("itc": None).
     """
     start = time.perf_counter()
     if cfg.max_images:
@@ -178,7 +180,7 @@ def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: 
             scores_i2t = _topk_rerank(method, split, sims, cfg.k_test, cfg.batch_size, rows_are_images=True)
             scores_t2i = _topk_rerank(method, split, sims.T.contiguous(), cfg.k_test, cfg.batch_size,
                                       rows_are_images=False)
-    return {"itc": retrieval_metrics(sims, sims.T, split.text_to_image),
+    return {"itc": retrieval_metrics(sims, sims.T, split.text_to_image) if contrastive else None,
             "itm": retrieval_metrics(scores_i2t, scores_t2i, split.text_to_image),
             "chance": chance_metrics(dataset.text_to_image), "ranking": ranking_name(cfg.k_test),
             "num_images": len(dataset.images), "num_texts": len(dataset.texts), "k_test": cfg.k_test,

@@ -68,13 +68,16 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
             log(f"resuming {run.path} from step {trainer.step}")
     run.write_env(device, resumed_at=trainer.step if resume else None)
 
+    contrastive = cfg.method.has_contrastive_embedding()
     results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path),
                "skipped_records": skips.as_dict()}
     if retrieval is not None and cfg.eval.retrieval.before_training and trainer.step == 0:
         results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
-                                                            cfg.data.max_text_len, device)
+                                                            cfg.data.max_text_len, device, contrastive)
     curve = None
-    if retrieval is not None and cfg.eval.every_steps:
+    if retrieval is not None and cfg.eval.every_steps and not contrastive:
+        log("no learning curve: it is ITC-only retrieval, and this method has no contrastive embedding")
+    elif retrieval is not None and cfg.eval.every_steps:
         curve = LearningCurve(retrieval, cfg.eval.curve_images, tokenizer, cfg.eval.retrieval.batch_size,
                               cfg.data.max_text_len, device)
     results["train"] = trainer.fit(tokenizer.to_json(), stop_at, curve)
@@ -83,7 +86,7 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     if retrieval is not None and results["complete"]:
         try:
             results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
-                                                      cfg.data.max_text_len, device)
+                                                      cfg.data.max_text_len, device, contrastive)
         except Exception as exc:
             results["retrieval_error"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             run.write_results(results)
@@ -125,7 +128,8 @@ def evaluate_checkpoint(target: str, ann: list[str], image_root: str, eval_cfg: 
     skips = SkipReport()
     source = AnnotationSource(ann=ann, image_root=image_root)
     dataset = pipeline.retrieval_dataset(pipeline.open_entries(source, cfg, skips, "pass --on-bad-record skip"), cfg)
-    results = evaluate_retrieval(method, dataset, tokenizer, eval_cfg, cfg.data.max_text_len, torch_device)
+    results = evaluate_retrieval(method, dataset, tokenizer, eval_cfg, cfg.data.max_text_len, torch_device,
+                                 cfg.method.has_contrastive_embedding())
     results["skipped_records"] = skips.as_dict()
     return results
 
