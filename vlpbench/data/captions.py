@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from vlpbench.data.scenes import COLORS, SHAPES, Scene, SceneObject
+from vlpbench.data.scenes import BACKGROUND_TINTS, BACKGROUNDS, COLORS, SHAPES, Scene, SceneObject
 
 SYNONYMS = {
     "circle": ("circle", "disk", "ball"), "square": ("square", "box", "block"), "triangle": ("triangle",),
@@ -18,6 +18,14 @@ SYNONYMS = {
 }
 INTROS = ("there is", "this image shows", "a picture of", "we can see", "the scene contains")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# The words that say something about the scene: colours, shapes, sizes (with synonyms), counts,
+# positions, relations, backgrounds and tints. A word's role is known here, so ViLTA's word
+# replacement and EPIC's content-word counts are exact on the embedded data; the rest of a caption
+# (intros, articles, "and", "with", "on the", "shapes") is function words.
+CONTENT_WORDS = frozenset(
+    [w for canonical in (*COLORS, *SHAPES, "large", "small") for w in SYNONYMS.get(canonical, (canonical,))]
+    + list(NUMBERS) + ["top", "middle", "bottom", "left", "center", "right", "above", "over", "below"]
+    + list(BACKGROUNDS) + list(BACKGROUND_TINTS))
 
 
 def word(rng: random.Random, canonical: str) -> str:
