@@ -40,7 +40,7 @@ from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
 from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.decoder import MaskedDecoder
-from vlpbench.zoo.layers import TransformerBlock, padding_mask_to_attn_mask
+from vlpbench.zoo.layers import TransformerBlock, mean_head_scores, padding_mask_to_attn_mask
 from vlpbench.zoo.vision import VisionOutput
 
 
@@ -118,6 +118,17 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
 
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
         return self.interact(image_states, text_states, attention_mask)[2]
+
+    def fuse_text(self, text_states, attention_mask, image_states) -> torch.Tensor:
+        return self.interact(image_states, text_states, attention_mask)[1]
+
+    def token_saliency(self, input_ids, attention_mask, images) -> torch.Tensor:
+        """EPIC Eq. 8: the image [CLS] query over the text keys in the penultimate image-side cross layer."""
+        text, image = self.encode_text(input_ids, attention_mask), self.encode_image(images).states
+        index, to_text = (len(self.image_cross) - 2) % len(self.image_cross), padding_mask_to_attn_mask(attention_mask)
+        for image_layer, text_layer in zip(self.image_cross[:index], self.text_cross[:index]):
+            image, text = image_layer(image, context=text, context_mask=to_text), text_layer(text, context=image)
+        return mean_head_scores(self.image_cross[index].cross_attn, image[:, 0], text, attention_mask)
 
     def match_probability(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(scores)  # the gate p of Eq. 5

@@ -129,8 +129,7 @@ class ViLTA(VLPMethod):
         self.itm_head = nn.Linear(self.text.width + self.visual_encoder.width, 2)
         if config.uses_teacher():
             self.language_teacher = momentum_copy(self.text).eval()  # frozen at the pre-trained weights
-        special = [tokenizer.pad_id, tokenizer.cls_id, tokenizer.mask_id, *tokenizer.hf.all_special_ids]
-        self.register_buffer("special_ids", torch.tensor(sorted(set(special))), persistent=False)
+        self.register_buffer("special_ids", torch.tensor(tokenizer.special_ids), persistent=False)
         self.register_buffer("content_tokens", content_token_mask(tokenizer, config.content_words), persistent=False)
 
     def train(self, mode: bool = True) -> "ViLTA":
@@ -155,6 +154,14 @@ class ViLTA(VLPMethod):
 
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
         return self.itm_logits(text_states, attention_mask, image_states)[:, 1]
+
+    def fuse_text(self, text_states, attention_mask, image_states) -> torch.Tensor:
+        return self.fusion(text_states, attention_mask, image_states)[0]
+
+    def token_saliency(self, input_ids, attention_mask, images) -> torch.Tensor:
+        """EPIC Eq. 8 exactly: the image [CLS] query over the text keys, penultimate co-attention layer."""
+        return self.fusion.image_cls_saliency(self.encode_text(input_ids, attention_mask), attention_mask,
+                                              self.encode_image(images).states)
 
     def itm_logits(self, text_states, attention_mask, image_states) -> torch.Tensor:
         text, image = self.fusion(text_states, attention_mask, image_states)

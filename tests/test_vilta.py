@@ -109,3 +109,11 @@ def test_vilta_trains_and_evaluates_by_itm_over_all_pairs(tiny_config):
     results = run_experiment(cfg, RunDir.create(cfg), log=lambda *_: None)
     assert results["retrieval"]["ranking"] == "ITM over all candidates" and results["retrieval"]["itc"] is None
     assert 0.0 <= results["retrieval"]["itm"]["r_mean"] <= 100.0
+
+
+def test_vilta_saliency_is_the_image_cls_attention_over_text(tiny_config):
+    method, tok = make(tiny_config)
+    b = batch(tok)
+    saliency = method.token_saliency(b.input_ids, b.attention_mask, b.images)
+    torch.testing.assert_close(saliency.sum(1), torch.ones(4))
+    assert (saliency[~b.attention_mask.bool()] == 0).all()

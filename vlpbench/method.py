@@ -75,6 +75,16 @@ class VLPMethod(nn.Module, abc.ABC):
                     image_states: torch.Tensor) -> torch.Tensor:
         """[B] image-text matching score of aligned pairs (higher = more likely matched)."""
 
+    def fuse_text(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
+                  image_states: torch.Tensor) -> torch.Tensor:
+        """[B, L, W] text token states after fusion with the image (plug-ins such as EPIC read them)."""
+        raise NotImplementedError(f"method {self.name!r} does not expose fused text token states")
+
+    def token_saliency(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       images: torch.Tensor) -> torch.Tensor:
+        """[B, L] saliency of each text token w.r.t. the image (EPIC Eq. 8), rows summing to 1."""
+        raise NotImplementedError(f"method {self.name!r} defines no image-token saliency")
+
     def match_probability(self, scores: torch.Tensor) -> torch.Tensor | None:
         """The matching probability ``match_score`` stands for, where the method has one as such
         (LightVLP's gate p); None otherwise."""
@@ -104,3 +114,14 @@ class FusionEncoderMatching(ContrastiveEmbeddings):
     def match_score(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
                     image_states: torch.Tensor) -> torch.Tensor:
         return self.itm_head(self.text.fuse(text_states, attention_mask, image_states)[:, 0])[:, 1]
+
+    def fuse_text(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
+                  image_states: torch.Tensor) -> torch.Tensor:
+        return self.text.fuse(text_states, attention_mask, image_states)
+
+    def token_saliency(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       images: torch.Tensor) -> torch.Tensor:
+        """The fused [CLS] query over the text keys in the penultimate fusion layer (see
+        ``BertTextModel.cls_saliency``: the closest equivalent of EPIC's image [CLS] query here)."""
+        return self.text.cls_saliency(self.encode_text(input_ids, attention_mask), attention_mask,
+                                      self.encode_image(images).states)

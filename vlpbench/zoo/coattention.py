@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlpbench.zoo.layers import TransformerBlock, padding_mask_to_attn_mask
+from vlpbench.zoo.layers import TransformerBlock, mean_head_scores, padding_mask_to_attn_mask
 
 
 class CoAttentionFusion(nn.Module):
@@ -29,3 +29,17 @@ class CoAttentionFusion(nn.Module):
             text, image = (text_layer(text, attn_mask=to_text, context=image, context_mask=to_image),
                            image_layer(image, attn_mask=to_image, context=text, context_mask=to_text))
         return text, image
+
+    def image_cls_saliency(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+                           layer: int = -2) -> torch.Tensor:
+        """[B, L]: the image [CLS] query over the text keys in the image tower's cross-attention of
+        layer ``layer`` (head-averaged, EPIC Eq. 8)."""
+        index = layer % len(self.image_layers)
+        to_text = padding_mask_to_attn_mask(text_mask)
+        for text_layer, image_layer in zip(self.text_layers[:index], self.image_layers[:index]):
+            text, image = (text_layer(text, attn_mask=to_text, context=image),
+                           image_layer(image, context=text, context_mask=to_text))
+        block = self.image_layers[index]
+        image = block.self_attn_post(image, lambda h: block.self_attn(h))
+        query = block.cross_attn_post.norm(image) if block.cross_attn_post.pre_norm else image
+        return mean_head_scores(block.cross_attn, query[:, 0], text, text_mask)

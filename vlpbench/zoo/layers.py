@@ -99,3 +99,18 @@ class TransformerBlock(nn.Module):
                 raise ValueError("a fusion block needs the other modality's states (context)")
             x = self.cross_attn_post(x, lambda h: self.cross_attn(h, context, attn_mask=context_mask))
         return self.ffn_post(x, lambda h: self.ffn_out(F.gelu(self.ffn_in(h))))
+
+
+def mean_head_scores(attention: MultiHeadAttention, query_states: torch.Tensor, key_states: torch.Tensor,
+                     key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """EPIC Eq. 8: softmax over keys of the head-averaged dot products q_k K_k^T of one query.
+
+    query_states [B, W] (e.g. a [CLS] state), key_states [B, L, W'] as they enter ``attention``;
+    key_mask [B, L] (1 = real) keeps padding at zero weight. Returns [B, L].
+    """
+    q = attention._split_heads(attention.query(query_states[:, None]))   # [B, H, 1, d]
+    k = attention._split_heads(attention.key(key_states))                # [B, H, L, d]
+    scores = (q @ k.transpose(-1, -2)).mean(dim=1)[:, 0].float()        # [B, L]
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask.bool(), float("-inf"))
+    return scores.softmax(dim=-1)

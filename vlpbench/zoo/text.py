@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlpbench.zoo.layers import TransformerBlock, padding_mask_to_attn_mask
+from vlpbench.zoo.layers import TransformerBlock, mean_head_scores, padding_mask_to_attn_mask
 from vlpbench.zoo.weights import load_state_dict_from
 
 
@@ -114,6 +114,19 @@ class BertTextModel(nn.Module):
         for layer in self.fusion_layers:
             x = layer(x, attn_mask=mask, context=image_states, context_mask=ctx_mask)
         return self.fusion_norm(x)
+
+    def cls_saliency(self, text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor,
+                     layer: int = -2) -> torch.Tensor:
+        """[B, L]: how the fused [CLS] query attends over the text keys in fusion layer ``layer``'s
+        self-attention (head-averaged, EPIC Eq. 8). ALBEF's fusion has no image-side query over
+        text, so the multimodal [CLS] (what ITM reads) stands in for the image [CLS]."""
+        index = layer % len(self.fusion_layers)
+        x, mask, ctx_mask = text_states, padding_mask_to_attn_mask(attention_mask), None
+        for block in self.fusion_layers[:index]:
+            x = block(x, attn_mask=mask, context=image_states, context_mask=ctx_mask)
+        block = self.fusion_layers[index]
+        h = block.self_attn_post.norm(x) if block.self_attn_post.pre_norm else x
+        return mean_head_scores(block.self_attn, h[:, 0], h, attention_mask)
 
     def encode_text_only(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          position_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -75,6 +75,11 @@ class TextTokenizer:
             raise OSError(f"tokenizer {str(source)!r} is neither a tokenizer.json file, a local tokenizer directory, "
                           f"nor reachable on the hub: {exc}") from exc
 
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of every special token ([PAD], [CLS], [SEP], [MASK], [UNK], ...), never a word."""
+        return sorted({self.pad_id, self.cls_id, self.mask_id, *self.hf.all_special_ids})
+
     def fingerprint(self) -> str:
         """A hash of the vocabulary and special tokens: equal for tokenizers that give equal ids
         (``to_json`` also records padding and truncation settings, which change with use)."""
