@@ -98,12 +98,12 @@ class EPIC(VLPMethod):
             self.generator = create_text_model(model.text.preset, None, model.text.pretrained,
                                                vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
             self.generator.requires_grad_(config.generator == "fine_tune")
-        self.saliency_model = self._load_saliency_teacher(config.saliency_teacher) \
+        self.saliency_model = self._load_saliency_teacher(config.saliency_teacher, tokenizer) \
             if config.masking == "saliency" else None
         self.register_buffer("special_ids", torch.tensor(tokenizer.special_ids), persistent=False)
 
     @staticmethod
-    def _load_saliency_teacher(path: str) -> list[VLPMethod]:
+    def _load_saliency_teacher(path: str, tokenizer) -> list[VLPMethod]:
         """The frozen teacher, kept in a list so it is neither trained, checkpointed nor moved by
         ``.to()`` with the student. ``path``: a checkpoint, a run directory, or an experiment's
         output folder (``runs/albef_mini``: its newest run with a checkpoint)."""
@@ -115,10 +115,13 @@ class EPIC(VLPMethod):
         try:
             if folder.is_dir() and not (folder / "config.yaml").is_file():
                 path = str(RunDir.latest(str(folder.parent), folder.name).path)
-            _, teacher, _ = load_trained(path, torch.device("cpu"))
+            _, teacher, teacher_tokenizer = load_trained(path, torch.device("cpu"))
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"method.saliency_teacher: {folder}: no trained model there ({exc}); train the "
                                     "teacher first, e.g. vlpbench run experiments/albef_mini.yaml") from None
+        if teacher_tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise ValueError(f"method.saliency_teacher: {path} was trained with another tokenizer; the teacher must "
+                             "read the same token ids (train it on the same captions or model.text.tokenizer)")
         return [teacher.eval().requires_grad_(False)]
 
     # ---- the base method's evaluation interface ----
