@@ -10,7 +10,7 @@ from vlpbench.experiment import run_experiment
 from vlpbench.method import Batch, Progress
 from vlpbench.pipeline import build_method
 from vlpbench.rundir import RunDir
-from vlpbench.zoo import train_wordpiece
+from vlpbench.zoo import TextTokenizer, train_wordpiece
 
 PROGRESS = Progress(step=5, steps_per_epoch=10, total_steps=20)
 CAPTIONS = ["a red circle on the left", "a big blue box at the top right", "there is a green star",
@@ -19,11 +19,11 @@ ALBEF = {"name": "albef", "embed_dim": 32, "queue_size": 16}
 QUIET = dict(log=lambda *_: None)
 
 
-def make(tiny_config, **epic):
+def make(tiny_config, tok=None, **epic):
     tiny_config["method"] = {"name": "epic", "base": ALBEF, "masking": "random", **epic}
     tiny_config["model"]["unimodal"] = {"text_steps": 2, "batch_size": 8}
     cfg = config_from_dict(tiny_config)
-    tok = train_wordpiece(CAPTIONS * 5, vocab_size=80)
+    tok = tok or train_wordpiece(CAPTIONS * 5, vocab_size=80)
     return build_method(cfg, tok), tok, cfg
 
 
@@ -106,8 +106,13 @@ def test_saliency_teacher_is_required_and_loaded_from_a_trained_run(tiny_config,
     tiny_config["method"] = dict(ALBEF)
     tiny_config["eval"]["retrieval"]["enabled"] = False
     teacher_cfg = config_from_dict(tiny_config)
-    run_experiment(teacher_cfg, RunDir.create(teacher_cfg), **QUIET)
-    method, tok, _ = make(tiny_config, masking="saliency", saliency_teacher=str(tmp_path / "runs" / "tiny"))
+    teacher_run = RunDir.create(teacher_cfg)
+    run_experiment(teacher_cfg, teacher_run, **QUIET)
+    folder = str(tmp_path / "runs" / "tiny")
+    with pytest.raises(ValueError, match="another tokenizer"):
+        make(tiny_config, masking="saliency", saliency_teacher=folder)
+    tok = TextTokenizer.load(teacher_run.path / "tokenizer.json")
+    method, tok, _ = make(tiny_config, tok, masking="saliency", saliency_teacher=folder)
     b = batch(tok)
     saliency = method.saliency_model[0].token_saliency(b.input_ids, b.attention_mask, b.images)
     torch.testing.assert_close(saliency.sum(1), torch.ones(4))
