@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlpbench.config import MethodConfig
+from vlpbench.config import MethodConfig, divisibility_problem
 from vlpbench.losses import itm_pairs, mlm_loss, momentum_contrastive_loss, sample_itm_negatives
 from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
@@ -64,9 +64,9 @@ class ALBEFConfig(MethodConfig):
 
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
-        if self.itc and self.queue_size % experiment.train.batch_size:
-            problems.append(f"method.queue_size: {self.queue_size} is not divisible by train.batch_size "
-                            f"{experiment.train.batch_size}")
+        if self.itc:
+            problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
+                                             experiment.train.batch_size)
         if self.distill_itc and not self.itc:
             problems.append("method.distill_itc: needs method.itc: true")
         if self.itm_hard_negatives and not self.itc:

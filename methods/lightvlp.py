@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlpbench.config import MethodConfig
+from vlpbench.config import MethodConfig, divisibility_problem
 from vlpbench.losses import itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify, sample_itm_negatives
 from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
 from vlpbench.method import Batch, ContrastiveEmbeddings, Progress, VLPMethod
@@ -66,12 +66,11 @@ class LightVLPConfig(MethodConfig):
 
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
-        if self.itc and self.queue_size % experiment.train.batch_size:
-            problems.append(f"method.queue_size: {self.queue_size} is not divisible by train.batch_size "
-                            f"{experiment.train.batch_size}")
-        if self.decoder_width % self.decoder_heads:
-            problems.append(f"method.decoder_width: {self.decoder_width} is not divisible by "
-                            f"method.decoder_heads {self.decoder_heads}")
+        if self.itc:
+            problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
+                                             experiment.train.batch_size)
+        problems += divisibility_problem("method.decoder_width", self.decoder_width, "method.decoder_heads",
+                                         self.decoder_heads)
         if not (self.mir or self.mtr or self.itc or self.itm):
             problems.append("method: every objective (mir, mtr, itc, itm) is off")
         return problems

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlpbench.config import MethodConfig
+from vlpbench.config import MethodConfig, divisibility_problem
 from vlpbench.losses import (itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
                              sample_itm_negatives)
 from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, random_patch_masking
@@ -64,12 +64,10 @@ class VLMAEConfig(MethodConfig):
 
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
-        if self.queue_size % experiment.train.batch_size:
-            problems.append(f"method.queue_size: {self.queue_size} is not divisible by train.batch_size "
-                            f"{experiment.train.batch_size}")
-        if self.decoder_width % self.decoder_heads:
-            problems.append(f"method.decoder_width: {self.decoder_width} is not divisible by "
-                            f"method.decoder_heads {self.decoder_heads}")
+        problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
+                                         experiment.train.batch_size)
+        problems += divisibility_problem("method.decoder_width", self.decoder_width, "method.decoder_heads",
+                                         self.decoder_heads)
         if not self.temp_min <= self.temp <= self.temp_max:
             problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
         return problems

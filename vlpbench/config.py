@@ -112,6 +112,11 @@ class ModelConfig(StrictModel):
     unimodal: UnimodalConfig = UnimodalConfig()
 
 
+def divisibility_problem(key: str, value: int, by_key: str, by: int) -> list[str]:
+    """The config-check line for ``key`` having to be a multiple of ``by_key`` (none if it is)."""
+    return [f"{key}: {value} is not divisible by {by_key} {by}"] if value % by else []
+
+
 class MethodConfig(StrictModel):
     """Base of every method's config; a method adds its own keys in its own file."""
     name: str
