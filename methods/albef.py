@@ -32,7 +32,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from vlpbench.config import MethodConfig, divisibility_problem
 from vlpbench.losses import itm_pairs, mlm_loss, momentum_contrastive_loss, sample_itm_negatives
@@ -40,7 +39,6 @@ from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
-from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.vision import VisionOutput
 
 
@@ -85,13 +83,7 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
 
     def __init__(self, config: ALBEFConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
-        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
-        self.text = create_text_model(model.text.preset, self.visual_encoder.width, model.text.pretrained,
-                                      vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
-        self.vision_proj = nn.Linear(self.visual_encoder.width, config.embed_dim)
-        self.text_proj = nn.Linear(self.text.width, config.embed_dim)
-        self.itm_head = nn.Linear(self.text.width, 2)
-        self.temp = nn.Parameter(torch.tensor(config.temp))
+        self.build_fusion_model(model, tokenizer, config.embed_dim, config.temp)
         if self.needs_teacher:
             self.teacher = momentum_teacher(self, self._ema_names)
         if config.itc:

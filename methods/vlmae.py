@@ -28,7 +28,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from vlpbench.config import MethodConfig, divisibility_problem
 from vlpbench.losses import (itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
@@ -37,7 +36,6 @@ from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, rando
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
-from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.decoder import MaskedDecoder
 from vlpbench.zoo.vision import VisionOutput
 
@@ -81,13 +79,7 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
 
     def __init__(self, config: VLMAEConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
-        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
-        self.text = create_text_model(model.text.preset, self.visual_encoder.width, model.text.pretrained,
-                                      vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
-        self.vision_proj = nn.Linear(self.visual_encoder.width, config.embed_dim)
-        self.text_proj = nn.Linear(self.text.width, config.embed_dim)
-        self.itm_head = nn.Linear(self.text.width, 2)
-        self.temp = nn.Parameter(torch.tensor(config.temp))
+        self.build_fusion_model(model, tokenizer, config.embed_dim, config.temp)
         self.patch_size = self.visual_encoder.vit.patch_embed.patch_size[0]
         if config.mim != "none":
             self.image_decoder = MaskedDecoder(self.visual_encoder.width, config.decoder_width, config.decoder_layers,

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpbench.config import MethodConfig, ModelConfig
+from vlpbench.zoo.text import create_text_model
 from vlpbench.zoo.tokenizer import TextTokenizer
-from vlpbench.zoo.vision import VisionOutput
+from vlpbench.zoo.vision import VisionOutput, create_vision_encoder
 
 
 @dataclass
@@ -107,6 +108,16 @@ class ContrastiveEmbeddings:
 
 class FusionEncoderMatching(ContrastiveEmbeddings):
     """... and ALBEF's text + fusion BERT (``text``) with an ITM head on the fused [CLS] (``itm_head``)."""
+
+    def build_fusion_model(self, model: ModelConfig, tokenizer: TextTokenizer, embed_dim: int, temp: float) -> None:
+        """ALBEF's parts from the zoo: ViT, text + fusion BERT, ITC projections, ITM head, temperature."""
+        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
+        self.text = create_text_model(model.text.preset, self.visual_encoder.width, model.text.pretrained,
+                                      vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
+        self.vision_proj = nn.Linear(self.visual_encoder.width, embed_dim)
+        self.text_proj = nn.Linear(self.text.width, embed_dim)
+        self.itm_head = nn.Linear(self.text.width, 2)
+        self.temp = nn.Parameter(torch.tensor(temp))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text.encode_text(input_ids, attention_mask)
