@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from conftest import train_on_one_batch
@@ -84,6 +86,20 @@ def test_cross_distillation_mixes_ce_and_kl_with_alpha(tiny_config):
     ce = plain.mlm_loss(image, b, None)
     torch.manual_seed(0)
     torch.testing.assert_close(distilled.mlm_loss(image, b, teacher_states), ce)  # alpha 1: the one-hot loss only
+
+
+@pytest.mark.parametrize("random_image_negatives, positive_share", [(True, 1 / 3), (False, 1 / 2)])
+def test_itm_pairs_are_positives_synthetic_and_random_image_negatives(tiny_config, random_image_negatives,
+                                                                      positive_share):
+    method, tok = make(tiny_config, random_image_negatives=random_image_negatives)
+    b = batch(tok)
+    torch.nn.init.zeros_(method.itm_head.weight)
+    with torch.no_grad():  # logits (0, ln 2) everywhere: CE ln 1.5 for a positive, ln 3 for a negative
+        method.itm_head.bias.copy_(torch.tensor([0.0, math.log(2.0)]))
+    image = method.visual_encoder(b.images)
+    loss = method.itm_loss(image, b, b.input_ids.flip(0), b.attention_mask.flip(0))
+    expected = positive_share * math.log(1.5) + (1 - positive_share) * math.log(3.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_few_steps_reduce_the_loss(tiny_config):
