@@ -162,6 +162,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_flops(args) -> int:
+    from vlpbench import flops
+    try:
+        convention = flops.Convention.parse(args.convention)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    cfg = load_config(flops.experiment_path(args.experiment), args.override)
+    text_length = args.text_length or cfg.data.max_text_len
+    result = flops.count_experiment(cfg, args.batch_size, text_length, cross_check=not args.no_cross_check)
+    rep = flops.report(result, convention, cfg.name, text_length)
+    print(flops.format_report(rep))
+    if args.json:
+        write_json(args.json, rep)
+    return 0
+
+
 def cmd_summary(args) -> int:
     summary = summarize(read_results(args.runs))
     print(format_summary(summary))
@@ -269,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="applied to every experiment")
     bench.add_argument("--output", help="also write the rows to this JSON file")
     bench.set_defaults(func=cmd_bench)
+
+    fl = sub.add_parser("flops", help="FLOPs of one training step per sample, by component and pass",
+                        description="Count one pre-training step of an experiment's method (random weights, "
+                                    "inputs of its shapes) with vlpbench's counter, cross-checked by fvcore and "
+                                    "ptflops; the output states the convention.")
+    fl.add_argument("experiment", help="experiment YAML file or preset name (experiments/presets)")
+    fl.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
+    fl.add_argument("--convention", default="flops,forward+backward,attention",
+                    help="comma-separated: macs|flops, forward|forward+backward, attention|linear_only")
+    fl.add_argument("--batch-size", type=int, default=2, help="samples counted (figures are per sample)")
+    fl.add_argument("--text-length", type=int, help="caption tokens incl. [CLS]/[SEP] (default data.max_text_len)")
+    fl.add_argument("--no-cross-check", action="store_true", help="skip the fvcore and ptflops counts")
+    fl.add_argument("--json", help="also write the result to this JSON file")
+    fl.set_defaults(func=cmd_flops)
 
     data = sub.add_parser("data", help="generate the embedded dataset and print its folder",
                           description="Generate (or find cached) the embedded dataset an experiment uses.")

@@ -49,6 +49,13 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
     return TextTokenizer(PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS))
 
 
+def sized_wordpiece(vocab_size: int) -> "TextTokenizer":
+    """A WordPiece tokenizer of exactly ``vocab_size`` entries with made-up words (``w0``, ``w1``,
+    ...): the word-embedding and MLM-head shapes of a real vocabulary (BERT's 30,522) where only
+    shapes matter (FLOP counts, speed benchmarks) and no vocabulary file is at hand."""
+    return train_wordpiece([" ".join(f"w{i}" for i in range(vocab_size))], vocab_size)
+
+
 class TextTokenizer:
     """Batch tokenisation to padded id and mask tensors, plus the special ids MLM needs."""
 
