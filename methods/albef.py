@@ -154,11 +154,8 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
         logits = self.text.mlm_logits(fused[positions])
         teacher_logits = None
         if cfg.distill_mlm:
-            with torch.no_grad():
-                teacher = self.teacher["text"]
-                fused_m = teacher.fuse(teacher.encode_text(masked.input_ids, batch.attention_mask),
-                                       batch.attention_mask, teacher_image.states)
-                teacher_logits = teacher.mlm_logits(fused_m[positions])
+            teacher_logits = self.teacher_mlm_logits(masked.input_ids, batch.attention_mask, teacher_image.states,
+                                                     positions)
         return mlm_loss(logits, masked.labels[positions], teacher_logits, alpha)
 
     def after_optimizer_step(self) -> None:

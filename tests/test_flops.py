@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlpbench.cli import main
 from vlpbench.config import config_from_dict
-from vlpbench.flops import Convention, _native_mha_macs, count_experiment, count_forward, fvcore_forward
+from vlpbench.flops import Convention, _native_mha_macs, _sdpa_macs, count_experiment, count_forward
 from vlpbench.zoo.layers import TransformerBlock
 from vlpbench.zoo.vision import create_vision_encoder
 
@@ -47,15 +47,13 @@ def test_fvcore_handlers_count_sdpa_and_the_multihead_attention_fast_path():
     with torch.no_grad():  # the fast path fvcore reads as 0 without the handler
         macs = fvcore_forward_macs(mha, (x, x, x))
     assert macs == 2 * 7 * (4 * 32 * 32) + 2 * 2 * 7 * 7 * 32
-    assert _native_mha_macs is not None
 
 
 def fvcore_forward_macs(module, inputs) -> int:
     from fvcore.nn import FlopCountAnalysis
-    from vlpbench.flops import _native_mha_macs as mha_handle, _sdpa_macs
     analysis = FlopCountAnalysis(module, inputs).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs,
-                           "aten::_native_multi_head_attention", mha_handle)
+                           "aten::_native_multi_head_attention", _native_mha_macs)
     return analysis.total()
 
 
@@ -107,3 +105,36 @@ def test_flops_command_writes_the_convention_and_components(tiny_config, tmp_pat
     assert rows["text.fusion_layers"]["calls"] == 2  # ITM (positives and negatives together), MLM
     assert math.isclose(sum(r["total"] for r in rep["components"]), rep["forward_per_sample"], rel_tol=1e-9)
     assert "cross-check: fvcore" in capsys.readouterr().out
+
+
+def test_reproduce_lightvlp_table1_albef_cell_within_one_percent():
+    from vlpbench.flops_tables import TABLES, count_cell
+    table = TABLES["lightvlp_table1"]
+    albef = next(c for c in table.cells if c.name == "ALBEF")
+    counted = count_cell(table, albef).per_sample(table.convention) / 1e9
+    assert counted == pytest.approx(135.9, rel=0.01)
+
+
+def test_reproduce_vlmae_table8_albef_vlmae_and_their_ratio():
+    from vlpbench.flops_tables import TABLES, count_cell
+    table = TABLES["vlmae_table8"]
+    albef, vlmae = (count_cell(table, c).per_sample(table.convention) / 1e9 for c in table.cells)
+    assert albef == pytest.approx(60.5, rel=0.01)  # the calibration of the text length (16)
+    assert vlmae == pytest.approx(49.6, rel=0.02)
+    assert vlmae / albef == pytest.approx(0.820, rel=0.02)
+
+
+def test_masked_layer_counts_are_exactly_linear_in_kept_tokens(tiny_config):
+    """LightVLP Table 5's shape: without attention, a step's count is a + b * kept patches + c * kept tokens."""
+    from vlpbench.flops_tables import linear_fit
+    tiny_config["method"] = {"name": "lightvlp", "embed_dim": 32, "queue_size": 16, "decoder_width": 32,
+                             "decoder_heads": 4, "decoder_layers": 1}
+    points = []
+    for image_ratio, text_ratio in ((0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.5, 0.5), (0.75, 0.75)):
+        tiny_config["method"] |= {"image_mask_ratio": image_ratio, "text_mask_ratio": text_ratio}
+        result = count_experiment(config_from_dict(tiny_config), 2, text_length=16, cross_check=False)
+        kept = (16 - int(16 * image_ratio), 16 - int(16 * text_ratio))  # 16 patches; 16 tokens
+        points.append((kept, result.per_sample(Convention.parse("flops,forward,linear_only"))))
+    fit = linear_fit(points)
+    assert fit["max_residual"] < 1e-6 * points[0][1]
+    assert fit["image_slope"] > 0 and fit["text_slope"] > 0

@@ -76,3 +76,21 @@ def test_a_few_steps_reduce_the_loss(tiny_config):
     method, tok = make(tiny_config)
     losses = train_on_one_batch(method, batch(tok), PROGRESS)
     assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def test_mlm_distillation_mixes_in_the_momentum_model_as_albef(tiny_config):
+    plain, tok = make(tiny_config)
+    distilled, _ = make(tiny_config, distill_mlm=True)
+    distilled.load_state_dict(plain.state_dict())
+    b = batch(tok)
+    image = plain.visual_encoder(b.images)
+    full = plain.teacher["visual_encoder"](b.images)
+    torch.manual_seed(0)
+    expected = plain.mlm_loss(image, full, b, alpha=0.4)
+    torch.manual_seed(0)
+    assert torch.equal(distilled.mlm_loss(image, full, b, alpha=0.0), expected)  # alpha 0: the one-hot loss
+    torch.manual_seed(0)
+    mixed = distilled.mlm_loss(image, full, b, alpha=0.4)
+    assert not torch.isclose(mixed, expected)
+    mixed.backward()
+    assert all(p.grad is None for p in distilled.teacher.parameters())

@@ -168,6 +168,15 @@ def cmd_flops(args) -> int:
         convention = flops.Convention.parse(args.convention)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if args.reproduce:
+        from vlpbench.flops_tables import format_reproduction, reproduce
+        rep = reproduce(args.reproduce, args.batch_size)
+        print(format_reproduction(rep))
+        if args.json:
+            write_json(args.json, rep)
+        return 0
+    if not args.experiment:
+        raise ConfigError("vlpbench flops: give an experiment YAML or preset name, or --reproduce TABLE")
     cfg = load_config(flops.experiment_path(args.experiment), args.override)
     text_length = args.text_length or cfg.data.max_text_len
     result = flops.count_experiment(cfg, args.batch_size, text_length, cross_check=not args.no_cross_check)
@@ -290,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Count one pre-training step of an experiment's method (random weights, "
                                     "inputs of its shapes) with vlpbench's counter, cross-checked by fvcore and "
                                     "ptflops; the output states the convention.")
-    fl.add_argument("experiment", help="experiment YAML file or preset name (experiments/presets)")
+    fl.add_argument("experiment", nargs="?", help="experiment YAML file or preset name (experiments/presets)")
+    fl.add_argument("--reproduce", choices=["lightvlp_table1", "lightvlp_table5", "vlmae_table8"],
+                    help="re-count a paper's FLOP table: published, counted and relative error per cell")
     fl.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     fl.add_argument("--convention", default="flops,forward+backward,attention",
                     help="comma-separated: macs|flops, forward|forward+backward, attention|linear_only")

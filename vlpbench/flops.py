@@ -8,7 +8,8 @@ then ``loss.backward()``):
   flash-attention kernels, which torch leaves unpriced), attributes each to the component module
   and the call of it that ran it (the fusion encoder's first, second, ... pass), and tells layers
   (a matmul or convolution with a weight parameter, tied vocabulary heads included) from
-  functional matmuls (contrastive similarities, attention on the math path) and fused attention. It counts the backward pass as autograd runs it: frozen teachers have none.
+  functional matmuls (contrastive similarities, attention on the math path) and fused attention.
+  It counts the backward pass as autograd runs it: frozen teachers have none.
 - fvcore (forward, via a jit trace) with handlers for the ops it leaves at 0:
   ``aten::scaled_dot_product_attention`` and ``aten::_native_multi_head_attention``.
 - ptflops' aten backend (forward; matmuls and convolutions, blind to fused attention), which,
@@ -33,11 +34,10 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_
 from vlpbench.config import ExperimentConfig
 from vlpbench.method import Batch, Progress, VLPMethod
 from vlpbench.pipeline import build_method, image_size_of
-from vlpbench.zoo.text import BertTextModel
+from vlpbench.zoo.text import BertTextModel, MLMHead
 from vlpbench.zoo.tokenizer import TextTokenizer, sized_wordpiece
 
 aten = torch.ops.aten
-ATTENTION_OPS = {aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward}
 
 
 @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)
@@ -52,9 +52,7 @@ def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_val=None, *
     return 2 * sdpa_flop_count(query.shape, key.shape, value.shape)
 
 
-ATTENTION_OPS |= {op for op in flop_registry if "attention" in str(op)}
-
-
+ATTENTION_OPS = {op for op in flop_registry if "attention" in str(op)}  # fused kernels, CPU ones included
 BIASED_OPS = {aten.addmm: 0, aten.convolution: 2}  # op -> position of its bias argument
 
 
@@ -192,11 +190,10 @@ def count_forward(module: nn.Module, *args, **kwargs) -> dict[str, int]:
     return dict(kinds)
 
 
-def counted(counts: dict, convention: Convention, phases=("forward", "backward")) -> float:
+def counted(counts: dict, convention: Convention) -> float:
     """FLOPs of ``counts`` entries that ``convention`` includes (in its unit)."""
     kinds = {"linear", "matmul", "attention"} if convention.attention else {"linear"}
-    if not convention.backward:
-        phases = tuple(p for p in phases if p == "forward")
+    phases = ("forward", "backward") if convention.backward else ("forward",)
     total = sum(v for (phase, _, _, kind), v in counts.items() if phase in phases and kind in kinds)
     return total / 2 if convention.multiply_adds else total
 
@@ -228,7 +225,7 @@ def _native_mha_macs(inputs, outputs) -> int:
 
 
 def fvcore_shape(value) -> list[int]:
-    from fvcore.nn.jit_handles import get_shape
+    from fvcore.nn.jit_handles import get_shape  # fvcore imports slowly: only when it counts
     return get_shape(value)
 
 
@@ -353,9 +350,10 @@ def experiment_path(target: str) -> str:
 
 
 def count_experiment(cfg: ExperimentConfig, batch_size: int, text_length: int | None = None,
-                     cross_check: bool = True) -> StepFlops:
+                     cross_check: bool = True, vocab_heads_on_all_tokens: bool = False) -> StepFlops:
     """One step of the experiment's method at its image size and text length, random weights, a
-    vocabulary of ``model.text.vocab_size`` entries unless ``model.text.tokenizer`` names one."""
+    vocabulary of ``model.text.vocab_size`` entries unless ``model.text.tokenizer`` names one.
+    ``vocab_heads_on_all_tokens``: forward counts of MLM heads as a reference BERT runs them."""
     tokenizer = TextTokenizer.load(cfg.model.text.tokenizer) if cfg.model.text.tokenizer \
         else sized_wordpiece(cfg.model.text.vocab_size)
     torch.manual_seed(cfg.seed)
@@ -364,7 +362,27 @@ def count_experiment(cfg: ExperimentConfig, batch_size: int, text_length: int | 
                             tokenizer.vocab_size, max(tokenizer.special_ids) + 1)
     progress = Progress(step=cfg.train.steps // 2, steps_per_epoch=max(cfg.train.steps // 10, 1),
                         total_steps=cfg.train.steps)  # mid-run: warm-up ramps (distillation weight) are over
-    return count_step(method, batch, progress, cross_check, cfg.seed)
+    result = count_step(method, batch, progress, cross_check, cfg.seed)
+    if vocab_heads_on_all_tokens:
+        price_vocab_heads_on_all_tokens(result, method, batch.input_ids.shape[1])
+    return result
+
+
+def price_vocab_heads_on_all_tokens(result: StepFlops, method: VLPMethod, text_length: int) -> None:
+    """Replace the forward count of each MLM-head call (vlpbench: masked positions only) by the
+    head counted on every text position, as BERT's reference MLM computes it (forward only)."""
+    heads = [name for name, module in component_modules(method).items() if isinstance(module, MLMHead)]
+    for row in heads:
+        text_model = method.get_submodule(row.rsplit(".", 1)[0])
+        counter = StepFlopCounter(method)
+        with counter, torch.no_grad():
+            text_model.mlm_logits(torch.zeros(result.batch_size, text_length, text_model.width))
+        calls = {key[2] for key in result.counts if key[0] == "forward" and key[1] == row}
+        for key in [k for k in result.counts if k[0] == "forward" and k[1] == row]:
+            del result.counts[key]
+        for (phase, _, _, kind), flops in counter.counts.items():
+            for call in calls:
+                result.counts[(phase, row, call, kind)] = flops
 
 
 def report(result: StepFlops, convention: Convention, name: str, text_length: int) -> dict:
@@ -384,7 +402,6 @@ def report(result: StepFlops, convention: Convention, name: str, text_length: in
             row["fvcore"] = result.fvcore["by_component"].get(row["component"], 0) * fv_unit / result.batch_size
     if result.fvcore is not None:
         fv = result.fvcore_per_sample(forward)
-        linear = Convention(True, False, False)
         out["cross_check"] = {
             "fvcore_forward": fv, "fvcore_relative_difference": fv / out["forward_per_sample"] - 1,
             "ptflops_forward_linear_macs": result.ptflops / result.batch_size,

@@ -122,6 +122,15 @@ class FusionEncoderMatching(ContrastiveEmbeddings):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text.encode_text(input_ids, attention_mask)
 
+    @torch.no_grad()
+    def teacher_mlm_logits(self, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           teacher_image_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """ALBEF's MLM_MoD targets (Eq. 7): the momentum text+fusion model's logits at the masked
+        ``positions`` of the same corrupted caption, fused with the momentum image states."""
+        teacher = self.teacher["text"]
+        fused = teacher.fuse(teacher.encode_text(masked_ids, attention_mask), attention_mask, teacher_image_states)
+        return teacher.mlm_logits(fused[positions])
+
     def match_score(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
                     image_states: torch.Tensor) -> torch.Tensor:
         return self.itm_head(self.text.fuse(text_states, attention_mask, image_states)[:, 0])[:, 1]
