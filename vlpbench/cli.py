@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vlpbench.bench import format_table, run_isolated
+from vlpbench.bench import compare, format_table
 from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
 from vlpbench.data.datasets import DatasetError
@@ -153,9 +153,14 @@ def cmd_gate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    for experiment in args.experiments:
-        load_config(experiment, args.override)  # a bad file or override fails here, not in the subprocess
-    rows = [run_isolated(e, args.override, args.steps, args.warmup) for e in args.experiments]
+    from vlpbench.flops import experiment_path
+    scale = {"mini": "experiments/{}_mini.yaml", "base": "experiments/presets/{}_base.yaml"}[args.scale]
+    experiments = [experiment_path(e) for e in args.experiments] + [scale.format(m) for m in args.compare]
+    if not experiments:
+        raise ConfigError("vlpbench bench: give experiment YAMLs or preset names, or --compare METHOD ...")
+    for experiment in experiments:
+        load_config(experiment, args.override)  # a bad file or override fails here, not in a worker
+    rows = compare(experiments, args.override, args.steps, args.warmup, args.rounds)
     print(format_table(rows))
     if args.output:
         write_json(args.output, rows)
@@ -284,11 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--output", help="also write the result to this JSON file")
     gate.set_defaults(func=cmd_gate)
 
-    bench = sub.add_parser("bench", help="seconds per training step and peak memory of experiments",
-                           description="Time the training step of each experiment (its own process, real batches, "
-                                       "random weights) and report seconds per step, samples/s and peak memory.")
-    bench.add_argument("experiments", nargs="+", help="experiment YAML files")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
+    bench = sub.add_parser("bench", help="step time, memory and FLOP efficiency of experiments",
+                           description="Time the training step of each experiment (a worker process each, real "
+                                       "batches, random weights; experiments alternate) and report seconds per "
+                                       "step, samples/s, peak memory, counted FLOPs per step, achieved FLOP/s and "
+                                       "its fraction of the dense-matmul throughput measured in the same run.")
+    bench.add_argument("experiments", nargs="*", help="experiment YAML files or preset names")
+    bench.add_argument("--compare", nargs="+", default=[], metavar="METHOD",
+                       help="methods at --scale: experiments/METHOD_mini.yaml or experiments/presets/METHOD_base.yaml")
+    bench.add_argument("--scale", choices=["mini", "base"], default="mini")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per experiment (the median is reported)")
+    bench.add_argument("--rounds", type=int, default=2, help="turns the timed steps are split into, alternating "
+                                                             "the experiments")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     bench.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="applied to every experiment")
