@@ -82,3 +82,11 @@ def test_wordpiece_training_is_reproducible():
     vocabs = [train_wordpiece(texts, vocab_size=80).hf.get_vocab() for _ in range(3)]
     assert vocabs[0] == vocabs[1] == vocabs[2]
     assert [vocabs[0][t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+
+
+def test_padded_vocabulary_has_exactly_vocab_size_entries_and_tokenizes_alike():
+    texts = ["a red circle at the top", "a big blue square on the left"]
+    plain, padded = train_wordpiece(texts, vocab_size=500), train_wordpiece(texts, vocab_size=500, pad=True)
+    assert plain.vocab_size < 500 and padded.vocab_size == 500
+    assert "[unused0]" in padded.hf.get_vocab()
+    assert torch.equal(padded(texts, 16)[0], plain(texts, 16)[0])

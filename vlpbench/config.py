@@ -83,7 +83,10 @@ class TextConfig(StrictModel):
     preset: str = "bert_mini"
     pretrained: str | None = None
     tokenizer: str | None = None  # None: train WordPiece on the pre-training captions
-    vocab_size: int = Field(1000, ge=32)  # of the trained WordPiece
+    vocab_size: int = Field(1000, ge=32)  # of the trained WordPiece (at most: the captions' words)
+    # fill the trained vocabulary with [unusedN] entries to exactly vocab_size (BERT's 30,522 for the
+    # base presets, so embedding and MLM-head sizes are the papers' when no BERT vocabulary is at hand)
+    pad_vocab: bool = False
     # architecture overrides of the preset (None: the preset's value); for models trained from scratch
     pre_norm: bool | None = None  # pre-LN blocks and a final LayerNorm per stack instead of BERT's post-LN
     init_std: float | None = Field(None, gt=0.0)  # N(0, std) initialisation (BERT: 0.02)

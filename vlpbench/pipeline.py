@@ -78,7 +78,8 @@ def make_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions]) -> TextT
     """The configured tokenizer, or WordPiece trained on the pre-training captions."""
     if cfg.model.text.tokenizer:
         return TextTokenizer.load(cfg.model.text.tokenizer)
-    return train_wordpiece((c for e in entries for c in e.captions), cfg.model.text.vocab_size)
+    text = cfg.model.text
+    return train_wordpiece((c for e in entries for c in e.captions), text.vocab_size, pad=text.pad_vocab)
 
 
 def build_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions], save_to: Path) -> TextTokenizer:

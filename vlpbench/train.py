@@ -62,7 +62,7 @@ def build_optimizer(method: VLPMethod, cfg: TrainConfig) -> torch.optim.Optimize
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)  # one pass over each tensor
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -20,12 +20,13 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS
                   "mask_token": "[MASK]"}
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
+def train_wordpiece(texts: Iterable[str], vocab_size: int, pad: bool = False) -> "TextTokenizer":
     """A lower-cased BERT-style WordPiece tokenizer whose vocabulary is built from ``texts``.
 
     The vocabulary is the special tokens, every character seen (alone and as a ``##`` suffix
     piece, so no word is ever unknown), then whole words by descending frequency (ties broken
-    alphabetically) up to ``vocab_size``. Built by hand rather than with the tokenizers trainer,
+    alphabetically) up to ``vocab_size``; with ``pad``, ``[unusedN]`` entries (as in BERT's vocabulary)
+    fill it to exactly ``vocab_size``. Built by hand rather than with the tokenizers trainer,
     whose choice among equally frequent merges varies from run to run: the same captions must
     always give the same ids.
     """
@@ -41,6 +42,8 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
     known = set(pieces)
     words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in known]
     vocab = pieces + words[:vocab_size - len(pieces)]
+    if pad:
+        vocab += [f"[unused{i}]" for i in range(vocab_size - len(vocab))]
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     cls_id, sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
@@ -53,7 +56,7 @@ def sized_wordpiece(vocab_size: int) -> "TextTokenizer":
     """A WordPiece tokenizer of exactly ``vocab_size`` entries with made-up words (``w0``, ``w1``,
     ...): the word-embedding and MLM-head shapes of a real vocabulary (BERT's 30,522) where only
     shapes matter (FLOP counts, speed benchmarks) and no vocabulary file is at hand."""
-    return train_wordpiece([" ".join(f"w{i}" for i in range(vocab_size))], vocab_size)
+    return train_wordpiece([" ".join(f"w{i}" for i in range(vocab_size))], vocab_size, pad=True)
 
 
 class TextTokenizer:
