@@ -167,6 +167,7 @@ def compare(experiments: list[str], overrides: list[str], steps: int, warmup: in
         for worker in workers:
             worker.close()
     for row in rows:
+        row["ceiling_dtype"] = str(dtype).removeprefix("torch.")
         row["ceiling_gflops_per_s"] = round(ceiling / 1e9, 1)
         row["fraction_of_ceiling"] = round(row["achieved_gflops_per_s"] * 1e9 / ceiling, 3)
     return rows
@@ -180,7 +181,7 @@ def format_table(rows: list[dict]) -> str:
               f"{r['gflops_per_step']:>10.1f} {r['achieved_gflops_per_s']:>8.1f} {r['fraction_of_ceiling']:>10.1%}"
               for r in rows]
     if rows:
-        lines.append(f"ceiling: dense {rows[0]['precision']} matmul on {rows[0]['device']}, "
+        lines.append(f"ceiling: dense {rows[0]['ceiling_dtype']} 2048^3 matmul on {rows[0]['device']}, "
                      f"{rows[0]['ceiling_gflops_per_s']:.1f} GFLOP/s (median over the run)")
     return "\n".join(lines)
 
