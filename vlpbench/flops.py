@@ -33,7 +33,8 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_
 
 from vlpbench.config import ExperimentConfig
 from vlpbench.method import Batch, Progress, VLPMethod
-from vlpbench.pipeline import build_method, image_size_of
+from vlpbench.data.datasets import SkipReport
+from vlpbench.pipeline import build_method, data_sources, image_size_of, make_tokenizer, open_entries
 from vlpbench.zoo.text import BertTextModel, MLMHead
 from vlpbench.zoo.tokenizer import TextTokenizer, sized_wordpiece
 
@@ -349,13 +350,24 @@ def experiment_path(target: str) -> str:
     raise FileNotFoundError(f"{target!r} is neither an experiment YAML file nor a preset in experiments/presets")
 
 
+def experiment_tokenizer(cfg: ExperimentConfig) -> TextTokenizer:
+    """The tokenizer the experiment trains with, or one of its size: ``model.text.tokenizer``; with
+    ``pad_vocab``, ``vocab_size`` entries (no data needed); else WordPiece on its captions."""
+    text = cfg.model.text
+    if text.tokenizer:
+        return TextTokenizer.load(text.tokenizer)
+    if text.pad_vocab:
+        return sized_wordpiece(text.vocab_size)
+    source = data_sources(cfg, log=lambda *_: None)["pretrain"]
+    return make_tokenizer(cfg, open_entries(source, cfg, SkipReport()))
+
+
 def count_experiment(cfg: ExperimentConfig, batch_size: int, text_length: int | None = None,
                      cross_check: bool = True, vocab_heads_on_all_tokens: bool = False) -> StepFlops:
-    """One step of the experiment's method at its image size and text length, random weights, a
-    vocabulary of ``model.text.vocab_size`` entries unless ``model.text.tokenizer`` names one.
-    ``vocab_heads_on_all_tokens``: forward counts of MLM heads as a reference BERT runs them."""
-    tokenizer = TextTokenizer.load(cfg.model.text.tokenizer) if cfg.model.text.tokenizer \
-        else sized_wordpiece(cfg.model.text.vocab_size)
+    """One step of the experiment's method at its image size and text length, random weights and
+    the experiment's vocabulary size. ``vocab_heads_on_all_tokens``: forward counts of MLM heads as
+    a reference BERT runs them."""
+    tokenizer = experiment_tokenizer(cfg)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, tokenizer)
     batch = synthetic_batch(batch_size, image_size_of(cfg.model.vision), text_length or cfg.data.max_text_len,
