@@ -19,11 +19,11 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(students: list[nn.Module], teachers: list[nn.Module], momentum: float) -> None:
-    """``teacher = momentum * teacher + (1 - momentum) * student`` over all parameters, fused."""
+    """``teacher = momentum * teacher + (1 - momentum) * student`` over all parameters, in one
+    fused pass (``lerp``: teacher + (1 - momentum) * (student - teacher))."""
     student_params = [p for m in students for p in m.parameters()]
     teacher_params = [p for m in teachers for p in m.parameters()]
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+    torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
 
 
 def momentum_teacher(student: nn.Module, names: tuple[str, ...]) -> nn.ModuleDict:
