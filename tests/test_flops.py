@@ -138,3 +138,22 @@ def test_masked_layer_counts_are_exactly_linear_in_kept_tokens(tiny_config):
     fit = linear_fit(points)
     assert fit["max_residual"] < 1e-6 * points[0][1]
     assert fit["image_slope"] > 0 and fit["text_slope"] > 0
+
+
+def test_reproduce_reports_published_counted_and_relative_error_per_cell(tiny_config, tmp_path, monkeypatch):
+    import yaml
+    from vlpbench import flops_tables
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(yaml.safe_dump(tiny_config))
+    convention = flops_tables.LINEAR_FORWARD_FLOPS
+    counted = count_experiment(config_from_dict(tiny_config), 2, 16, cross_check=False).per_sample(convention) / 1e9
+    table = flops_tables.Table("tiny", convention, 16, "16: test", (flops_tables.Cell("ALBEF", str(experiment),
+                                                                                       published=2 * counted),))
+    monkeypatch.setitem(flops_tables.TABLES, "tiny_table", table)
+    rep = flops_tables.reproduce("tiny_table")
+    (row,) = rep["rows"]
+    assert rep["convention"] == "flops,forward,linear_only" and "per sample" in rep["convention_text"]
+    assert row["cell"] == "ALBEF" and row["published"] == 2 * counted
+    assert row["counted"] == pytest.approx(counted, abs=1e-3) and row["relative_error"] == pytest.approx(-0.5)
+    with pytest.raises(KeyError, match="unknown table"):
+        flops_tables.reproduce("no_such_table")
