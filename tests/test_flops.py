@@ -157,3 +157,15 @@ def test_reproduce_reports_published_counted_and_relative_error_per_cell(tiny_co
     assert row["counted"] == pytest.approx(counted, abs=1e-3) and row["relative_error"] == pytest.approx(-0.5)
     with pytest.raises(KeyError, match="unknown table"):
         flops_tables.reproduce("no_such_table")
+
+
+def test_a_plug_in_is_broken_down_into_its_base_method_and_its_own_parts(tiny_config):
+    tiny_config["method"] = {"name": "epic", "base": {"name": "albef", "embed_dim": 32, "queue_size": 16},
+                             "masking": "random"}
+    tiny_config["model"]["unimodal"] = {"text_steps": 2, "batch_size": 8}
+    result = count_experiment(config_from_dict(tiny_config), batch_size=2)
+    forward = Convention(multiply_adds=True, backward=False)
+    rows = {r["component"]: r for r in result.components(forward)}
+    assert {"base.visual_encoder", "base.text.fusion_layers", "generator.text_layers", "consistency_head"} <= set(rows)
+    assert rows["base.visual_encoder"]["calls"] == 2  # ALBEF's own pass, then EPIC's for the corrupted caption
+    assert result.fvcore_per_sample(forward) == pytest.approx(result.per_sample(forward), rel=0.005)

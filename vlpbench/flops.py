@@ -78,7 +78,8 @@ class Convention:
         for word in filter(None, (w.strip() for w in text.split(","))):
             if word not in cls.WORDS:
                 raise ValueError(f"--convention: unknown word {word!r}; expected some of {sorted(cls.WORDS)}")
-            settings.__setitem__(*cls.WORDS[word])
+            key, value = cls.WORDS[word]
+            settings[key] = value
         convention = cls(**settings)
         if convention.backward and not convention.attention:
             raise ValueError("--convention: linear_only is a forward-pass convention (the backward of a linear "
@@ -99,12 +100,12 @@ class Convention:
 
 def component_modules(method: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
     """The rows of a breakdown: the method's children, with containers (teacher ``ModuleDict`` s,
-    the text+fusion BERT) opened one level so text layers, fusion layers and the vocabulary head
-    are separate rows."""
+    the text+fusion BERT, a plug-in's base method) opened so text layers, fusion layers and the
+    vocabulary head are separate rows."""
     rows = {}
     for name, child in method.named_children():
         path = f"{prefix}{name}"
-        if isinstance(child, (nn.ModuleDict, BertTextModel)):
+        if isinstance(child, (nn.ModuleDict, BertTextModel, VLPMethod)):
             rows |= component_modules(child, f"{path}.")
         else:
             rows[path] = child
