@@ -34,3 +34,13 @@ def test_bench_command_alternates_experiments_in_their_own_processes(tiny_config
                                                          abs=0.002) for r in rows)
     assert "of ceiling" in capsys.readouterr().out
     assert main(["bench", str(path), "-o", "train.steps=0"]) == 2, "a bad override fails before any process starts"
+
+
+def test_a_worker_that_cannot_build_its_method_is_a_clear_error(tiny_config, tmp_path, capsys):
+    tiny_config["method"] = {"name": "epic", "base": {"name": "albef", "embed_dim": 32, "queue_size": 16},
+                             "masking": "saliency", "saliency_teacher": str(tmp_path / "no_run_here"),
+                             "replacement": "random"}
+    path = tmp_path / "epic.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    assert main(["bench", str(path), "--steps", "1", "--warmup", "0"]) == 2
+    assert "failed in its worker" in capsys.readouterr().err

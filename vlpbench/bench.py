@@ -21,6 +21,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -113,6 +114,10 @@ def benchmark(cfg: ExperimentConfig, steps: int, warmup: int) -> dict:
     return timer.row()
 
 
+class BenchmarkError(RuntimeError):
+    """A worker could not build or run its experiment (the message is the worker's last error line)."""
+
+
 class Worker:
     """A ``StepTimer`` in a child process, driven over its stdin/stdout one JSON line at a time."""
 
@@ -121,15 +126,18 @@ class Worker:
         for override in overrides:
             command += ["-o", override]
         self.experiment = experiment
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty worker never blocks
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=self.stderr, text=True)
         self.reply()  # built and counted
 
     def reply(self) -> dict:
         line = self.process.stdout.readline()
         if not line:
-            error = self.process.stderr.read().strip()[-2000:]
-            raise RuntimeError(f"benchmark of {self.experiment} failed:\n{error}")
+            self.process.wait()
+            self.stderr.seek(0)
+            lines = self.stderr.read().strip().splitlines() or ["(no message)"]
+            raise BenchmarkError(f"benchmark of {self.experiment} failed in its worker: {lines[-1]}")
         return json.loads(line)
 
     def ask(self, request: dict) -> dict:
@@ -141,6 +149,7 @@ class Worker:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        self.stderr.close()
 
 
 def compare(experiments: list[str], overrides: list[str], steps: int, warmup: int, rounds: int) -> list[dict]:

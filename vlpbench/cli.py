@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vlpbench.bench import compare, format_table
+from vlpbench.bench import BenchmarkError, compare, format_table
 from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
 from vlpbench.data.datasets import DatasetError
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, BenchmarkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except EvaluationError as exc:

@@ -286,7 +286,7 @@ class StepFlops:
         return counted(self.counts, convention) / self.batch_size
 
     def components(self, convention: Convention) -> list[dict]:
-        """Rows: component, calls, forward per call, forward and backward totals (per sample)."""
+        """Forward rows (per sample): component, number of calls, each call's count, their total."""
         forward_only = Convention(convention.multiply_adds, False, convention.attention)
         by_row: dict[str, dict] = {}
         for (phase, row, call, kind), flops in sorted(self.counts.items()):
@@ -410,10 +410,10 @@ def report(result: StepFlops, convention: Convention, name: str, text_length: in
            "per_sample": result.per_sample(convention), "forward_per_sample": result.per_sample(forward),
            "by_kind": dict(kinds), "components": result.components(convention)}
     if result.fvcore is not None:
-        fv_unit = 1.0 if convention.multiply_adds else 2.0
-        for row in out["components"]:
-            row["fvcore"] = result.fvcore["by_component"].get(row["component"], 0) * fv_unit / result.batch_size
-    if result.fvcore is not None:
+        if convention.attention:  # fvcore's per-module totals hold every kind, comparable only then
+            fv_unit = 1.0 if convention.multiply_adds else 2.0
+            for row in out["components"]:
+                row["fvcore"] = result.fvcore["by_component"].get(row["component"], 0) * fv_unit / result.batch_size
         fv = result.fvcore_per_sample(forward)
         out["cross_check"] = {
             "fvcore_forward": fv, "fvcore_relative_difference": fv / out["forward_per_sample"] - 1,
