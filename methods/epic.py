@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
-from vlpbench.config import MethodConfig
+from vlpbench.config import ConfigError, MethodConfig
 from vlpbench.method import Batch, Progress, VLPMethod
 from vlpbench.registry import get_method, register_method
 from vlpbench.rundir import RunDir
@@ -78,7 +78,9 @@ class EPICConfig(MethodConfig):
         if self.masking == "saliency" and not self.saliency_teacher:
             problems.append("method.saliency_teacher: saliency masking needs a pre-trained vision-language model "
                             "(a checkpoint, run directory or experiment output folder); or set masking: random")
-
+        if get_method(self.base.name).fuse_text is VLPMethod.fuse_text:
+            problems.append(f"method.base: {self.base.name!r} exposes no fused text token states (fuse_text), "
+                            "which token consistency reads")
         if self.replacement == "lm" and not (text.pretrained or unimodal.text_steps):
             problems.append("method.replacement: the generator starts from the pre-trained language model; set "
                             "model.text.pretrained or model.unimodal.text_steps (or replacement: random)")
@@ -119,8 +121,11 @@ class EPIC(VLPMethod):
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"method.saliency_teacher: {folder}: no trained model there ({exc}); train the "
                                     "teacher first, e.g. vlpbench run experiments/albef_mini.yaml") from None
+        if type(teacher).token_saliency is VLPMethod.token_saliency:
+            raise ConfigError(f"method.saliency_teacher: {path} is a {teacher.name!r} model, which defines no "
+                             "image-token saliency (token_saliency); use a run of a method that does")
         if teacher_tokenizer.fingerprint() != tokenizer.fingerprint():
-            raise ValueError(f"method.saliency_teacher: {path} was trained with another tokenizer; the teacher must "
+            raise ConfigError(f"method.saliency_teacher: {path} was trained with another tokenizer; the teacher must "
                              "read the same token ids (train it on the same captions or model.text.tokenizer)")
         return [teacher.eval().requires_grad_(False)]
 

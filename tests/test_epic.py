@@ -135,3 +135,11 @@ def test_epic_composes_with_vilta_too(tiny_config):
     assert {"loss_mlm", "loss_itm", "loss_consistency", "loss_gen"} <= set(out)
     out["loss"].backward()
     assert method.consistency_head.weight.grad is not None
+
+
+def test_a_base_without_fused_text_states_is_refused_at_config_load(tiny_config, monkeypatch):
+    from methods.albef import ALBEF
+    from vlpbench.method import VLPMethod
+    monkeypatch.setattr(ALBEF, "fuse_text", VLPMethod.fuse_text)  # a base method that lacks the interface
+    with pytest.raises(ConfigError, match="method.base: 'albef' exposes no fused text token states"):
+        make(tiny_config)
