@@ -31,6 +31,7 @@ from vlpbench.config import ExperimentConfig, load_config
 from vlpbench.data.datasets import SkipReport
 from vlpbench.flops import Convention, count_step
 from vlpbench.method import Progress
+from vlpbench.runtime import release_free_memory
 from vlpbench.train import Trainer, peak_memory_mb
 
 
@@ -82,11 +83,13 @@ class StepTimer:
 
     def row(self) -> dict:
         per_step = statistics.median(self.times)
+        quartiles = statistics.quantiles(self.times, n=4) if len(self.times) > 1 else [per_step] * 3
         samples = self.cfg.train.batch_size * self.cfg.train.grad_accum_steps
         return {"experiment": self.cfg.name, "method": self.cfg.method.name, "device": str(self.device),
                 "batch_size": samples, "precision": self.cfg.train.precision,
                 "params_m": round(sum(p.numel() for p in self.method.parameters() if p.requires_grad) / 1e6, 2),
-                "seconds_per_step": round(per_step, 4), "samples_per_s": round(samples / per_step, 1),
+                "seconds_per_step": round(per_step, 4), "seconds_per_step_iqr": [round(quartiles[0], 4), round(quartiles[2], 4)],
+                "samples_per_s": round(samples / per_step, 1),
                 "peak_memory_mb": peak_memory_mb(self.device), "steps_timed": len(self.times),
                 "gflops_per_step": round(self.flops_per_step / 1e9, 2),
                 "achieved_gflops_per_s": round(self.flops_per_step / per_step / 1e9, 1)}
@@ -178,25 +181,29 @@ def compare(experiments: list[str], overrides: list[str], steps: int, warmup: in
     for row in rows:
         row["ceiling_dtype"] = str(dtype).removeprefix("torch.")
         row["ceiling_gflops_per_s"] = round(ceiling / 1e9, 1)
+        row["ceiling_gflops_per_s_range"] = [round(min(ceilings) / 1e9, 1), round(max(ceilings) / 1e9, 1)]
         row["fraction_of_ceiling"] = round(row["achieved_gflops_per_s"] * 1e9 / ceiling, 3)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'experiment':<24} {'method':<9} {'params M':>8} {'batch':>5} {'s/step':>8} {'samples/s':>9} "
-             f"{'peak MB':>9} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of ceiling':>10}"]
+    lines = [f"{'experiment':<24} {'method':<9} {'params M':>8} {'batch':>5} {'s/step':>8} {'(IQR)':>15} "
+             f"{'samples/s':>9} {'peak MB':>9} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of ceiling':>10}"]
     lines += [f"{r['experiment']:<24} {r['method']:<9} {r['params_m']:>8.2f} {r['batch_size']:>5} "
-              f"{r['seconds_per_step']:>8.3f} {r['samples_per_s']:>9.1f} {r['peak_memory_mb']:>9.1f} "
+              f"{r['seconds_per_step']:>8.3f} {'{:.3f}-{:.3f}'.format(*r['seconds_per_step_iqr']):>15} "
+              f"{r['samples_per_s']:>9.1f} {r['peak_memory_mb']:>9.1f} "
               f"{r['gflops_per_step']:>10.1f} {r['achieved_gflops_per_s']:>8.1f} {r['fraction_of_ceiling']:>10.1%}"
               for r in rows]
     if rows:
         lines.append(f"ceiling: dense {rows[0]['ceiling_dtype']} 2048^3 matmul on {rows[0]['device']}, "
-                     f"{rows[0]['ceiling_gflops_per_s']:.1f} GFLOP/s (median over the run)")
+                     f"{rows[0]['ceiling_gflops_per_s']:.1f} GFLOP/s (median over the run; range "
+                     "{:.1f}-{:.1f})".format(*rows[0]["ceiling_gflops_per_s_range"]))
     return "\n".join(lines)
 
 
 def serve(cfg: ExperimentConfig) -> None:
-    """The worker loop: build, then answer {"steps", "timed"} and {"report"} requests."""
+    """The worker loop: build, then answer {"steps", "timed"} and {"report"} requests; a timed
+    turn starts with one untimed step."""
     timer = StepTimer(cfg)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -204,7 +211,10 @@ def serve(cfg: ExperimentConfig) -> None:
         if request.get("report"):
             print(json.dumps(timer.row()), flush=True)
             return
+        if request["timed"]:
+            timer.run(1, timed=False)  # the turn's first step faults the memory released after the last turn
         timer.run(request["steps"], request["timed"])
+        release_free_memory()  # an idle worker holds only its live tensors, not its peak
         print(json.dumps({"done": request["steps"]}), flush=True)
 
 

@@ -21,6 +21,9 @@ class ConfigError(ValueError):
     """A configuration problem, already phrased for the user."""
 
 
+SWEEP_SECTIONS = ("sweep", "launcher")
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -154,6 +157,12 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # blocks: torch.compile each transformer block (Inductor fuses its element-wise work); the
+    # first steps then pay the compilation (~2 min at the base preset on 2 CPU cores)
+    compile: Literal["none", "blocks"] = "none"
+    # CPU, glibc: freed tensors stay in the process instead of being unmapped and faulted in again
+    # every step (vlpbench.runtime.keep_freed_memory)
+    keep_freed_memory: bool = True
 
     @model_validator(mode="after")
     def _lr_order(self) -> "TrainConfig":
@@ -274,7 +283,8 @@ def config_from_dict(raw: Any, source: str = "<config>", overrides: list[str] | 
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     overrides = overrides or []
-    raw = apply_overrides(raw, overrides)
+    # a sweep file is also its base experiment; vlpbench.sweep reads and checks these two sections
+    raw = apply_overrides({k: v for k, v in raw.items() if k not in SWEEP_SECTIONS}, overrides)
     schema = experiment_schema(raw, source_of(("method", "name"), source, overrides))
     try:
         return schema.model_validate(raw)

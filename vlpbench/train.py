@@ -22,6 +22,7 @@ from vlpbench.config import ConfigError, ExperimentConfig, TrainConfig
 from vlpbench.io import append_jsonl
 from vlpbench.method import Progress, VLPMethod
 from vlpbench.rundir import RunDir
+from vlpbench.runtime import compile_blocks, keep_freed_memory
 
 
 class ResumableBatchSampler(Sampler):
@@ -92,6 +93,8 @@ class Trainer:
                              f"exceeds the {len(dataset)} pre-training pairs")
         self.optimizer = build_optimizer(method, t)
         self.step = 0  # optimizer steps done
+        self.freed_memory_kept = t.keep_freed_memory and device.type == "cpu" and keep_freed_memory()
+        self.compiled_blocks = compile_blocks(method) if t.compile == "blocks" else 0
 
     def save_checkpoint(self, tokenizer_json: str) -> None:
         self.run.save_checkpoint(self.step, self.cfg.train.keep_checkpoints, model=self.method.state_dict(),
