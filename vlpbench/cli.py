@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
+from vlpbench import launch
 from vlpbench.bench import BenchmarkError, compare, format_table
 from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
@@ -16,6 +18,7 @@ from vlpbench.io import write_json
 from vlpbench.pipeline import runtime_device
 from vlpbench.registry import available_methods, get_method
 from vlpbench.rundir import RunDir
+from vlpbench.sweep import format_plan, load_sweep
 from vlpbench.summary import format_comparison, format_summary, read_results, summarize
 from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
 
@@ -44,8 +47,21 @@ def retrieval_rows(results: dict) -> dict[str, dict]:
 
 
 def cmd_run(args) -> int:
-    if args.seeds and (args.resume or args.stop_at):
-        raise ConfigError("--seeds runs each seed to the end; it does not combine with --resume or --stop-at")
+    sweep_flags = [flag for flag, on in (("--seeds", args.seeds), ("--dry-run", args.dry_run),
+                                         ("--rerun", args.rerun), ("--executor", args.executor),
+                                         ("--jobs", args.jobs)) if on]
+    if sweep_flags and (args.resume or args.stop_at):
+        raise ConfigError(f"{sweep_flags[0]} is about sweeps, whose runs resume by themselves when the sweep "
+                          "runs again; it does not combine with --resume or --stop-at")
+    sweep = None
+    if args.experiment and not args.resume:
+        sweep = load_sweep(args.experiment, args.override, args.seeds, args.executor, args.jobs)
+    if sweep is not None:
+        if args.stop_at:
+            raise ConfigError("--stop-at applies to one run; a sweep's runs checkpoint and resume by themselves")
+        return run_sweep(args, sweep)
+    if len(sweep_flags) > (args.dry_run is True):
+        raise ConfigError(f"{sweep_flags[-1]}: {args.experiment} has no sweep section (and no --seeds)")
     if args.resume:
         if args.override:
             raise ConfigError("a resumed run keeps its saved config.yaml; -o overrides are not allowed with --resume")
@@ -58,27 +74,66 @@ def cmd_run(args) -> int:
         run = None
     check_stop_at(args.stop_at, cfg.train.steps, run)
     runtime_device(cfg.train)  # a device or precision this machine lacks fails here, before anything is built
-    if args.seeds:
-        return run_seeds(args, cfg)
+    if args.dry_run:
+        print(f"{cfg.name}: one run (no sweep section), in a new directory under {Path(cfg.output_dir) / cfg.name}")
+        return 0
     run = run or RunDir.create(cfg)
     print(f"run directory: {run.path}")
     report_run(cfg, run, run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at))
     return 0
 
 
-def run_seeds(args, first_cfg) -> int:
-    """One run per seed (``seed`` overridden; the embedded dataset stays fixed), then the summary."""
-    runs = []
-    for seed in args.seeds:
-        cfg = load_config(args.experiment, [*args.override, f"seed={seed}"])
-        run = RunDir.create(cfg)
-        print(f"seed {seed}: run directory {run.path}")
-        report_run(cfg, run, run_experiment(cfg, run))
-        runs.append(run.path)
-    summary = summarize(read_results(runs))
-    path = Path(first_cfg.output_dir) / first_cfg.name / f"seeds_{'-'.join(map(str, args.seeds))}_{runs[0].name}.json"
-    write_json(path, summary)
-    print("\n" + format_summary(summary) + f"\n\nsummary: {path}")
+def run_sweep(args, sweep) -> int:
+    """Start the sweep's runs that are not done (or, with ``--rerun failed``, its failed ones)."""
+    runtime_device(sweep.runs[0].config.train)
+    todo, states = launch.plan(sweep, rerun_failed=args.rerun == "failed")
+    print(format_plan(sweep, states))
+    print(f"to start: {len(todo)} of {len(sweep.runs)} runs "
+          f"({', '.join(f'{n} {s}' for s, n in sorted(Counter(states.values()).items()))})")
+    if args.dry_run:
+        return 0
+    launch.write_plan(sweep)
+    if sweep.launcher.executor == "slurm":
+        jobs = launch.submit_slurm(sweep, todo)
+        if not args.wait:
+            print(f"submitted {len(jobs)} runs; follow them with: vlpbench status {sweep.directory}")
+            return 0
+        for job in jobs:
+            job.wait()
+    elif sweep.launcher.jobs > 1:
+        launch.run_local_jobs(sweep, todo)
+    else:
+        launch.run_here(sweep, todo)
+    return report_sweep(sweep)
+
+
+def report_sweep(sweep) -> int:
+    """Each run's state; per configuration whose seeds all finished, the across-seed summary."""
+    rows = launch.sweep_status(sweep.directory, [r.run_id for r in sweep.runs])
+    print("\n" + launch.format_status(rows))
+    summaries = {}
+    for label, dirs in launch.seed_groups(sweep).items():
+        if all(launch.is_done(d) for d in dirs):
+            summaries[label] = summarize(read_results(dirs))
+            print(f"\n{label}:\n" + format_summary(summaries[label]))
+    if summaries:
+        write_json(sweep.directory / "summary.json", summaries)
+        print(f"\nsummary: {sweep.directory / 'summary.json'}")
+    return 0 if all(row["state"] == "done" for row in rows) else 1
+
+
+def cmd_status(args) -> int:
+    target = Path(args.sweep)
+    if target.is_file():
+        sweep = load_sweep(target)
+        if sweep is None:
+            cfg = load_config(target)
+            folder, planned = Path(cfg.output_dir) / cfg.name, None
+        else:
+            folder, planned = sweep.directory, [r.run_id for r in sweep.runs]
+    else:
+        folder, planned = target, None
+    print(launch.format_status(launch.sweep_status(folder, planned)))
     return 0
 
 
@@ -249,9 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-at", type=int, metavar="STEP",
                      help="checkpoint and stop after this step (to fit a time slot); continue with --resume")
     run.add_argument("--seeds", type=seed_list, metavar="S,S,...",
-                     help="one run per seed (e.g. 0,1,2,3,4), then mean, std, 95%% interval and minimum "
-                          "detectable difference per metric")
+                     help="sweep the seeds (e.g. 0,1,2,3,4; replaces sweep.seeds), then mean, std, 95%% interval "
+                          "and minimum detectable difference per metric")
+    run.add_argument("--dry-run", action="store_true", help="print the runs (id, overrides, state) and the "
+                                                            "executor settings; run nothing")
+    run.add_argument("--executor", choices=["local", "slurm"], help="replaces launcher.executor")
+    run.add_argument("--jobs", type=int, metavar="N", help="local executor: N runs at a time (launcher.jobs)")
+    run.add_argument("--rerun", choices=["failed"], help="start only the sweep's failed runs (they resume from "
+                                                         "their latest checkpoint)")
+    run.add_argument("--wait", action="store_true", help="slurm: wait for the submitted runs, then report")
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="the state of every run of a sweep",
+                            description="Each run's state (new, pending, running, requeued, resumable, done, "
+                                        "failed with the error's last lines), from the run directories and "
+                                        "the scheduler.")
+    status.add_argument("sweep", help="the sweep's experiment file or its directory (<output_dir>/<name>)")
+    status.set_defaults(func=cmd_status)
 
     summ = sub.add_parser("summary", help="summarise finished runs across seeds",
                           description="Mean, std, 95%% interval and minimum detectable difference of finished runs.")

@@ -62,6 +62,7 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
         checkpoint = run.read_latest_checkpoint(device, log)
         if checkpoint is None:
             log(f"no checkpoint in {run.checkpoints}; starting from step 0")
+            run.truncate_metrics(0)  # lines an earlier, failed attempt logged
         else:
             trainer.load_checkpoint(checkpoint)
             run.truncate_metrics(trainer.step)

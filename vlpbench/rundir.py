@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 import time
+import traceback
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -58,10 +59,11 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig) -> "RunDir":
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    def create(cls, cfg: ExperimentConfig, run_id: str | None = None) -> "RunDir":
+        """A new run directory: ``run_id`` names it (a sweep's runs), by default the time it starts."""
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         run = cls(Path(cfg.output_dir) / cfg.name / run_id)
-        run.checkpoints.mkdir(parents=True)
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text(run.path / "config.yaml", config_to_yaml(cfg))
         return run
 
@@ -145,7 +147,8 @@ class RunDir:
         """``failed.json``: why the last session stopped with an error, and the checkpoint a resume
         would start from (none: the run never saved one and cannot be resumed)."""
         latest = self.latest_checkpoint()
-        write_json(self.failed_file, {"error": f"{type(error).__name__}: {error}",
+        trace = "".join(traceback.format_exception(error)).strip().splitlines()
+        write_json(self.failed_file, {"error": f"{type(error).__name__}: {error}", "log_tail": trace[-6:],
                                       "latest_checkpoint": latest.name if latest else None,
                                       "time": time.strftime("%Y-%m-%d %H:%M:%S")})
 

@@ -1,0 +1,265 @@
+"""Running a sweep's runs: in this process, N at a time (submitit's LocalExecutor), or on Slurm
+(a submitit job array), and reading back what state each run is in.
+
+A run's state comes from its directory: ``results.json`` (done), ``failed.json`` (failed),
+``running.json`` (a live process on this host), ``job.json`` (submitted to Slurm: submitit asks
+the scheduler), a checkpoint (resumable) or nothing yet (new).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlpbench.config import ConfigError, config_from_dict, config_to_yaml
+from vlpbench.experiment import EvaluationError, run_experiment
+from vlpbench.io import write_json
+from vlpbench.rundir import RunDir
+from vlpbench.sweep import Sweep, SweepRun
+
+SLURM_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
+SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def slurm_state(job: dict) -> str:
+    """The scheduler's state of a submitted job (via submitit, which reads sacct/squeue)."""
+    import submitit
+    return submitit.SlurmJob(folder=job["folder"], job_id=job["job_id"]).state
+
+
+def is_done(run_dir: Path) -> bool:
+    results = _read_json(run_dir / "results.json")
+    return bool(results and results.get("complete") and "retrieval_error" not in results)
+
+
+def run_state(run_dir: Path) -> dict:
+    """``{"state": ..., ...}`` of one run directory; ``failed`` adds the error, ``running`` the process."""
+    if is_done(run_dir):
+        return {"state": "done"}
+    failed = _read_json(run_dir / "failed.json")
+    if failed:
+        return {"state": "failed", "error": failed.get("error"), "log_tail": failed.get("log_tail", [])}
+    running = _read_json(run_dir / "running.json")
+    if running and running.get("host") == socket.gethostname() and _pid_alive(running["pid"]):
+        return {"state": "running", "pid": running["pid"]}
+    job = _read_json(run_dir / "job.json")
+    if job and job.get("executor") == "slurm":
+        state = slurm_state(job)
+        if state in SLURM_WAITING:
+            return {"state": "requeued" if state.startswith("REQUEUE") else "pending", "job_id": job["job_id"]}
+        if state in SLURM_RUNNING:
+            return {"state": "running", "job_id": job["job_id"]}
+        if state not in ("COMPLETED", "UNKNOWN"):  # ended without results.json: killed, out of memory, ...
+            return {"state": "failed", "error": f"Slurm job {job['job_id']} ended {state}",
+                    "log_tail": _tail(Path(job["folder"]) / f"{job['job_id']}_0_log.err")}
+    if RunDir(run_dir).latest_checkpoint() is not None:
+        return {"state": "resumable"}
+    return {"state": "new"}
+
+
+def _tail(path: Path, lines: int = 5) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def execute(config: dict, run_dir: str) -> dict:
+    """Run (or continue) one run of a sweep in this process and return its results.
+
+    A finished run returns its results untouched; a run directory from an earlier attempt is
+    resumed from its latest checkpoint, and must hold the same resolved config.
+    """
+    run_dir = Path(run_dir)
+    if is_done(run_dir):
+        return json.loads((run_dir / "results.json").read_text())
+    try:
+        run, cfg = _open_run(config, run_dir)
+    except Exception as exc:
+        RunDir(run_dir).mark_failed(exc)
+        raise
+    write_json(run.path / "running.json", {"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    resume = run.latest_checkpoint() is not None
+    if not resume:
+        run.truncate_metrics(0)  # lines an earlier attempt logged before it failed
+    try:
+        return run_experiment(cfg, run, resume=resume)
+    finally:
+        (run.path / "running.json").unlink(missing_ok=True)
+
+
+def _open_run(config: dict, run_dir: Path) -> tuple[RunDir, object]:
+    cfg = config_from_dict(config, source=f"{run_dir} (sweep run)")
+    if not (run_dir / "config.yaml").is_file():
+        return RunDir.create(cfg, run_id=run_dir.name), cfg
+    if (run_dir / "config.yaml").read_text() != config_to_yaml(cfg):
+        raise ConfigError(f"{run_dir}: started with another config than the sweep now gives it; "
+                          "remove the run directory or restore the sweep file")
+    return RunDir(run_dir), cfg
+
+
+@dataclass
+class RunJob:
+    """One sweep run as a submitit job. On preemption or at the time limit submitit calls
+    ``checkpoint``: the job is requeued as itself and resumes from the run's latest checkpoint."""
+    config: dict
+    run_dir: str
+    threads: int | None = None
+
+    def __call__(self) -> dict:
+        if self.threads:
+            import torch
+            torch.set_num_threads(self.threads)
+        return execute(self.config, self.run_dir)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(RunJob(self.config, self.run_dir, self.threads))
+
+
+def plan(sweep: Sweep, rerun_failed: bool = False) -> tuple[list[SweepRun], dict[str, str]]:
+    """The runs to start now, and every run's state: done, running and pending runs are left
+    alone; failed runs wait for ``--rerun failed``, which then starts only them."""
+    states = {run.run_id: run_state(sweep.run_dir(run))["state"] for run in sweep.runs}
+    wanted = {"failed"} if rerun_failed else {"new", "resumable"}
+    return [run for run in sweep.runs if states[run.run_id] in wanted], states
+
+
+def write_plan(sweep: Sweep) -> None:
+    """``sweep.json`` in the sweep directory: every planned run, so status lists runs not yet started."""
+    write_json(sweep.directory / "sweep.json", {
+        "experiment": str(sweep.experiment), "overrides": list(sweep.overrides),
+        "launcher": sweep.launcher.model_dump(), "runs": [{"run_id": r.run_id, "overrides": list(r.overrides)}
+                                                          for r in sweep.runs]})
+
+
+def run_here(sweep: Sweep, runs: list[SweepRun], log=print) -> None:
+    """One run after another in this process; a failed run is recorded and the sweep goes on."""
+    for i, run in enumerate(runs, 1):
+        log(f"[{i}/{len(runs)}] {run.run_id}: {sweep.run_dir(run)}")
+        try:
+            execute(run.config.model_dump(mode="json"), str(sweep.run_dir(run)))
+        except EvaluationError as exc:
+            log(f"  {run.run_id}: {exc}")
+        except Exception as exc:  # failed.json records it; the other runs still run
+            log(f"  {run.run_id} failed: {type(exc).__name__}: {exc}")
+
+
+def submitit_folder(sweep: Sweep, executor: str) -> Path:
+    """One submitit folder per cluster instance: a fresh Slurm restarts job ids at 1, so a folder
+    shared across instances could hand back another job's result."""
+    return sweep.directory / "submitit" / ("local" if executor == "local" else f"slurm-{slurm_instance()}")
+
+
+def slurm_instance() -> str:
+    """The cluster's name and its controller's boot time: one id per Slurm instance."""
+    import subprocess
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"launcher.executor slurm: cannot reach Slurm (scontrol show config: {exc})") from exc
+    if out.returncode:
+        raise ConfigError(f"launcher.executor slurm: scontrol show config failed: {out.stderr.strip()}")
+    fields = {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)}
+    booted = "".join(ch for ch in fields.get("BOOT_TIME", "") if ch.isdigit())
+    return f"{fields.get('ClusterName', 'cluster')}-{booted}"
+
+
+def run_local_jobs(sweep: Sweep, runs: list[SweepRun], log=print, poll_s: float = 2.0) -> None:
+    """``launcher.jobs`` runs at a time, each a process of submitit's LocalExecutor (its output in
+    the sweep's submitit folder) with an equal share of this machine's cores."""
+    import submitit
+    jobs_at_once = sweep.launcher.jobs
+    executor = submitit.LocalExecutor(folder=submitit_folder(sweep, "local"))
+    executor.update_parameters(timeout_min=60 * 24 * 365)  # local runs have no time limit
+    threads = max(1, (os.cpu_count() or 1) // jobs_at_once)
+    queue, live = list(runs), []
+    while queue or live:
+        live = [(run, job) for run, job in live if not job.done()]
+        while queue and len(live) < jobs_at_once:
+            run = queue.pop(0)
+            job = executor.submit(RunJob(run.config.model_dump(mode="json"), str(sweep.run_dir(run)), threads))
+            log(f"started {run.run_id} (local job {job.job_id}, {threads} threads)")
+            live.append((run, job))
+        time.sleep(poll_s)
+
+
+def submit_slurm(sweep: Sweep, runs: list[SweepRun], log=print) -> list:
+    """Submit the runs as one Slurm job array; each run directory gets ``job.json``."""
+    import submitit
+    s = sweep.launcher.slurm
+    folder = submitit_folder(sweep, "slurm")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_requeues)
+    executor.update_parameters(
+        nodes=s.nodes, gpus_per_node=s.gpus_per_node, tasks_per_node=max(1, s.gpus_per_node),
+        timeout_min=s.timeout_min, slurm_array_parallelism=s.array_parallelism, name=sweep.name,
+        **{f"slurm_{k}": v for k, v in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
+                                        ("constraint", s.constraint)) if v is not None},
+        **({"cpus_per_task": s.cpus_per_task} if s.cpus_per_task else {}),
+        **({"mem_gb": s.mem_gb} if s.mem_gb else {}),
+        **({"slurm_additional_parameters": s.additional_parameters} if s.additional_parameters else {}))
+    with executor.batch():
+        jobs = [executor.submit(RunJob(run.config.model_dump(mode="json"), str(sweep.run_dir(run))))
+                for run in runs]
+    for run, job in zip(runs, jobs):
+        write_json(sweep.run_dir(run) / "job.json", {"executor": "slurm", "job_id": job.job_id, "folder": str(folder)})
+        log(f"submitted {run.run_id}: Slurm job {job.job_id}")
+    return jobs
+
+
+def sweep_status(folder: Path, planned: list[str] | None = None) -> list[dict]:
+    """A row per run: the planned ones (``sweep.json`` or the sweep file), then any other run
+    directory under ``folder``."""
+    folder = Path(folder)
+    if planned is None and (folder / "sweep.json").is_file():
+        planned = [r["run_id"] for r in json.loads((folder / "sweep.json").read_text())["runs"]]
+    names = list(planned or [])
+    if folder.is_dir():
+        names += sorted(p.name for p in folder.iterdir() if p.name not in names and p.is_dir()
+                        and any((p / f).is_file() for f in ("config.yaml", "job.json", "failed.json")))
+    return [{"run_id": name, **run_state(folder / name)} for name in names]
+
+
+def format_status(rows: list[dict]) -> str:
+    if not rows:
+        return "no runs"
+    width = max(len(r["run_id"]) for r in rows)
+    lines = []
+    for row in rows:
+        detail = row.get("error") or (f"job {row['job_id']}" if "job_id" in row else "")
+        lines.append(f"{row['run_id']:<{width}}  {row['state']:<9}  {detail}".rstrip())
+        lines += [f"{'':<{width}}    | {line}" for line in row.get("log_tail", [])[-3:]]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["state"] for r in rows).items()))
+    return "\n".join(lines + [f"{len(rows)} runs: {counts}"])
+
+
+def seed_groups(sweep: Sweep) -> dict[str, list[Path]]:
+    """The sweep's run directories grouped by configuration (overrides other than the seed)."""
+    groups: dict[str, list[Path]] = {}
+    for run in sweep.runs:
+        label = ",".join(o for o in run.overrides if not o.startswith("seed=")) or sweep.name
+        groups.setdefault(label, []).append(sweep.run_dir(run))
+    return groups
