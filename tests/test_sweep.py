@@ -141,3 +141,16 @@ def test_results_store_keeps_every_run_of_32_concurrent_writers(tiny_config, tmp
     assert sorted(frame["retrieval.itm.r_mean"]) == [float(i) for i in range(32)]
     assert set(frame["state"]) == {"done"} and set(frame["train.steps"]) == {4}
     assert set(frame["config.method.queue_size"]) == {16}
+
+
+def test_local_executor_runs_n_at_a_time_through_submitit(tiny_config, tmp_path, capsys):
+    path = write_sweep(tmp_path, tiny_config, {"seeds": [0, 1]}, {"executor": "local", "jobs": 2})
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "started seed=0 (local job" in out and "started seed=1 (local job" in out
+    sweep = load_sweep(path)
+    assert all(launch.is_done(sweep.run_dir(r)) for r in sweep.runs)
+    logs = list((sweep.directory / "submitit" / "local").glob("*_log.out"))
+    assert len(logs) == 2
+    assert main(["status", str(path)]) == 0
+    assert "2 runs: 2 done" in capsys.readouterr().out
