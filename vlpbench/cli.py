@@ -93,6 +93,8 @@ def run_sweep(args, sweep) -> int:
     if args.dry_run:
         return 0
     launch.write_plan(sweep)
+    if not todo:
+        return report_sweep(sweep)
     if sweep.launcher.executor == "slurm":
         jobs = launch.submit_slurm(sweep, todo)
         if not args.wait:

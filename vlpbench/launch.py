@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from vlpbench.config import ConfigError, config_from_dict, config_to_yaml
 from vlpbench.experiment import EvaluationError, run_experiment
 from vlpbench.io import write_json
 from vlpbench.rundir import RunDir
+from vlpbench.train import request_stop, stop_requested
 from vlpbench.sweep import Sweep, SweepRun
 
 SLURM_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
@@ -130,10 +132,21 @@ class RunJob:
     threads: int | None = None
 
     def __call__(self) -> dict:
-        if self.threads:
+        # a Slurm task uses the CPUs it was given, not every core of the node
+        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
+        if threads:
             import torch
-            torch.set_num_threads(self.threads)
-        return execute(self.config, self.run_dir)
+            torch.set_num_threads(threads)
+        warning = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        submitit_handler = signal.getsignal(warning)
+        if callable(submitit_handler):
+            # preemption or time limit: finish the step and checkpoint it, then let submitit requeue
+            # (its handler alone would requeue mid-step, losing the steps since the last checkpoint)
+            signal.signal(warning, lambda signum, frame: request_stop())
+        results = execute(self.config, self.run_dir)
+        if stop_requested() and callable(submitit_handler) and not is_done(Path(self.run_dir)):
+            submitit_handler(warning, None)  # calls checkpoint() below, requeues, exits
+        return results
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -48,6 +49,19 @@ class ResumableBatchSampler(Sampler):
                 base = (self.seed * 1_000_003 + batch) * self.batch_size
                 yield [(i, base + k) for k, i in enumerate(indices)]
                 batch += 1
+
+
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask the running ``Trainer.fit`` to checkpoint at the end of its current step and return
+    (safe from a signal handler: a scheduler's preemption or time-limit warning)."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -142,7 +156,8 @@ class Trainer:
 
     def fit(self, tokenizer_json: str, stop_at: int | None = None,
             curve: Callable[[VLPMethod], dict[str, float]] | None = None) -> dict:
-        """Train to ``train.steps``, or only to ``stop_at`` (checkpointed there, to be resumed).
+        """Train to ``train.steps``, or only to ``stop_at`` (checkpointed there, to be resumed), or
+        until ``request_stop`` (checkpointed at the step it ends).
 
         ``curve`` (a cheap evaluation) runs every ``eval.every_steps`` steps and at the last step;
         its metrics go to ``metrics.jsonl`` and its time is not counted as training throughput.
@@ -165,8 +180,8 @@ class Trainer:
             for key, value in logged.items():
                 window[key] += value
             bar.update(1)
-            step = self.step
-            if step % t.log_every == 0 or step == last:  # window means, also where a session stops
+            step, stopping = self.step, _stop.is_set()
+            if step % t.log_every == 0 or step == last or stopping:  # window means, also where a session stops
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **{k: float(v) / window_steps for k, v in window.items()},
                           "samples_per_s": window_steps * samples_per_step / elapsed, "epoch": step / self.steps_per_epoch}
@@ -178,8 +193,10 @@ class Trainer:
                 append_jsonl(self.run.metrics_file, {"step": step, **curve(self.method)})
                 window_start += time.perf_counter() - tic
                 curve_seconds += time.perf_counter() - tic
-            if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last:
+            if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last or stopping:
                 self.save_checkpoint(tokenizer_json)
+            if stopping:
+                break
         bar.close()
         seconds = time.perf_counter() - start
         steps_run = self.step - first_step
