@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from vlpbench import launch
+from vlpbench import distributed, launch
 from vlpbench.bench import BenchmarkError, compare, format_table
 from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
@@ -77,9 +77,13 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(f"{cfg.name}: one run (no sweep section), in a new directory under {Path(cfg.output_dir) / cfg.name}")
         return 0
-    run = run or RunDir.create(cfg)
-    print(f"run directory: {run.path}")
-    report_run(cfg, run, run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at))
+    distributed.initialize(runtime_device(cfg.train))  # torchrun: every process runs this command
+    run = run or distributed.broadcast_from_main(RunDir.create(cfg) if distributed.is_main() else None)
+    if distributed.is_main():
+        print(f"run directory: {run.path}")
+    results = run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at)
+    if distributed.is_main():
+        report_run(cfg, run, results)
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from vlpbench import pipeline, unimodal
+from vlpbench import distributed, pipeline, unimodal
 from vlpbench.checkpoint import read_checkpoint
 from vlpbench.config import AnnotationSource, ExperimentConfig, RetrievalEvalConfig, config_from_dict
 from vlpbench.data.datasets import SkipReport
@@ -67,12 +67,13 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
             trainer.load_checkpoint(checkpoint)
             run.truncate_metrics(trainer.step)
             log(f"resuming {run.path} from step {trainer.step}")
-    run.write_env(device, resumed_at=trainer.step if resume else None)
+    if distributed.is_main():
+        run.write_env(device, resumed_at=trainer.step if resume else None)
 
     contrastive = cfg.method.has_contrastive_embedding()
     results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path),
                "skipped_records": skips.as_dict()}
-    if retrieval is not None and cfg.eval.retrieval.before_training and trainer.step == 0:
+    if retrieval is not None and cfg.eval.retrieval.before_training and trainer.step == 0 and distributed.is_main():
         results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                             cfg.data.max_text_len, device, contrastive)
     curve = None
@@ -83,6 +84,9 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
                               cfg.data.max_text_len, device)
     results["train"] = trainer.fit(tokenizer.to_json(), stop_at, curve)
     results["complete"] = trainer.step == cfg.train.steps
+    results["train"]["processes"] = distributed.world_size()
+    if not distributed.is_main():  # process 0 writes and evaluates
+        return results
     run.write_results(results)  # the training result is on disk before evaluation starts
     if retrieval is not None and results["complete"]:
         try:

@@ -9,20 +9,22 @@ the scheduler), a checkpoint (resumable) or nothing yet (new).
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import signal
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlpbench import distributed
 from vlpbench.config import ConfigError, config_from_dict, config_to_yaml
 from vlpbench.experiment import EvaluationError, run_experiment
 from vlpbench.io import write_json
+from vlpbench.pipeline import runtime_device
 from vlpbench.rundir import RunDir
-from vlpbench.train import request_stop, stop_requested
 from vlpbench.sweep import Sweep, SweepRun
+from vlpbench.train import request_stop, stop_requested
 
 SLURM_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -143,6 +145,7 @@ class RunJob:
             # preemption or time limit: finish the step and checkpoint it, then let submitit requeue
             # (its handler alone would requeue mid-step, losing the steps since the last checkpoint)
             signal.signal(warning, lambda signum, frame: request_stop())
+        distributed.initialize(runtime_device(config_from_dict(self.config).train))  # a multi-task job: DDP
         results = execute(self.config, self.run_dir)
         if stop_requested() and callable(submitit_handler) and not is_done(Path(self.run_dir)):
             submitit_handler(warning, None)  # calls checkpoint() below, requeues, exits

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from vlpbench import distributed
 from vlpbench.config import ConfigError, ExperimentConfig, TrainConfig
 from vlpbench.io import append_jsonl
 from vlpbench.method import Progress, VLPMethod
@@ -29,12 +30,15 @@ from vlpbench.runtime import compile_blocks, keep_freed_memory
 class ResumableBatchSampler(Sampler):
     """Endless epochs of shuffled, full batches, starting at any batch number.
 
-    Yields lists of ``(index, augmentation_seed)`` keys for ``PretrainDataset``.
+    Yields lists of ``(index, augmentation_seed)`` keys for ``PretrainDataset``; with several
+    processes, each yields its contiguous share of the same global batch.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_batch: int = 0):
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1):
         self.num_items, self.batch_size, self.seed, self.start_batch = num_items, batch_size, seed, start_batch
         self.batches_per_epoch = num_items // batch_size
+        self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
@@ -47,7 +51,7 @@ class ResumableBatchSampler(Sampler):
             for b in range(within, self.batches_per_epoch):
                 indices = order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
                 base = (self.seed * 1_000_003 + batch) * self.batch_size
-                yield [(i, base + k) for k, i in enumerate(indices)]
+                yield [(i, base + k) for k, i in enumerate(indices)][self.shard]  # this process's share
                 batch += 1
 
 
@@ -105,6 +109,10 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"train.batch_size x train.grad_accum_steps = {t.batch_size * t.grad_accum_steps} "
                              f"exceeds the {len(dataset)} pre-training pairs")
+        if t.batch_size % distributed.world_size():
+            raise ConfigError(f"train.batch_size ({t.batch_size}) is the global batch: it must divide among the "
+                              f"{distributed.world_size()} processes")
+        self.model = distributed.wrap(method)
         self.optimizer = build_optimizer(method, t)
         self.step = 0  # optimizer steps done
         self.freed_memory_kept = t.keep_freed_memory and device.type == "cpu" and keep_freed_memory()
@@ -123,7 +131,8 @@ class Trainer:
     def batches(self) -> Iterator:
         t = self.cfg.train
         sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, self.cfg.seed,
-                                        start_batch=self.step * t.grad_accum_steps)
+                                        start_batch=self.step * t.grad_accum_steps,
+                                        rank=distributed.rank(), world_size=distributed.world_size())
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
                             num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=self.cfg.data.num_workers > 0)
@@ -133,7 +142,7 @@ class Trainer:
         """One optimizer step. Logged values stay tensors on the device, so the step never waits
         for the accelerator; they become floats only when a log line is written."""
         t, step = self.cfg.train, self.step
-        torch.manual_seed(step_seed(self.cfg.seed, step))
+        torch.manual_seed(step_seed(self.cfg.seed, step) + distributed.rank())  # other masks per process
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         progress = Progress(step, self.steps_per_epoch, t.steps)
@@ -141,7 +150,7 @@ class Trainer:
         for _ in range(t.grad_accum_steps):
             batch = next(batches).to(self.device)
             with autocast_context(self.device, t.precision):
-                out = self.method(batch, progress)
+                out = self.model(batch, progress)
             (out["loss"] / t.grad_accum_steps).backward()
             for key, value in out.items():
                 logged[key] += value.detach() / t.grad_accum_steps
@@ -151,6 +160,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_optimizer_step()
         self.step += 1
+        logged = distributed.mean_across_processes(logged)
         logged["lr"] = self.optimizer.param_groups[0]["lr"]
         return logged
 
@@ -180,21 +190,24 @@ class Trainer:
             for key, value in logged.items():
                 window[key] += value
             bar.update(1)
-            step, stopping = self.step, _stop.is_set()
+            step, stopping = self.step, distributed.any_process(_stop.is_set())
             if step % t.log_every == 0 or step == last or stopping:  # window means, also where a session stops
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **{k: float(v) / window_steps for k, v in window.items()},
                           "samples_per_s": window_steps * samples_per_step / elapsed, "epoch": step / self.steps_per_epoch}
-                append_jsonl(self.run.metrics_file, record)
+                if distributed.is_main():
+                    append_jsonl(self.run.metrics_file, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
                 window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
-            if curve is not None and every and (step % every == 0 or step == t.steps):
+            if curve is not None and every and (step % every == 0 or step == t.steps) and distributed.is_main():
                 tic = time.perf_counter()
                 append_jsonl(self.run.metrics_file, {"step": step, **curve(self.method)})
                 window_start += time.perf_counter() - tic
                 curve_seconds += time.perf_counter() - tic
             if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last or stopping:
-                self.save_checkpoint(tokenizer_json)
+                if distributed.is_main():
+                    self.save_checkpoint(tokenizer_json)
+                distributed.barrier()
             if stopping:
                 break
         bar.close()
