@@ -60,6 +60,9 @@ class ALBEFConfig(MethodConfig):
     distill_itc: bool = True
     distill_mlm: bool = True
 
+    def single_stream_fusion(self) -> bool:
+        return True
+
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
         if self.itc:
@@ -140,7 +143,7 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
         hard = self.config.itm_hard_negatives
         negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, hard, text_states.device)
         texts, masks, images, labels = itm_pairs(text_states, attention_mask, image.states, *negatives)
-        return F.cross_entropy(self.itm_head(self.text.fuse(texts, masks, images)[:, 0]), labels)
+        return F.cross_entropy(self.match_logits(texts, masks, images), labels)
 
     def mlm_loss(self, image: VisionOutput, teacher_image: VisionOutput | None, batch: Batch,
                  alpha: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ base method with its own losses unchanged and adds:
    contrastive): sigmoid(beta^T h_i) on each fused text token of (corrupted text, image), binary
    cross-entropy against "consistent" over all real tokens (mean), weight ``consistency_weight``
    (lambda, 8).
-The corrupted text is fused by the base method's ``fuse_text``; images are encoded once more for it.
+The corrupted text is fused by the base method's ``fuse``; images are encoded once more for it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
 from vlpbench.config import ConfigError, MethodConfig
-from vlpbench.method import Batch, Progress, VLPMethod
+from vlpbench.method import Batch, FusedPair, FusionStream, Progress, VLPMethod
 from vlpbench.registry import get_method, register_method
 from vlpbench.rundir import RunDir
 from vlpbench.zoo import TEXT_PRESETS, create_text_model
@@ -71,6 +71,9 @@ class EPICConfig(MethodConfig):
     def has_contrastive_embedding(self) -> bool:
         return self.base.has_contrastive_embedding()
 
+    def single_stream_fusion(self) -> bool:
+        return self.base.single_stream_fusion()
+
     def check(self, experiment) -> list[str]:
         problems = [p.replace("method.", "method.base.", 1) if p.startswith("method.") else p
                     for p in self.base.check(experiment)]
@@ -78,8 +81,8 @@ class EPICConfig(MethodConfig):
         if self.masking == "saliency" and not self.saliency_teacher:
             problems.append("method.saliency_teacher: saliency masking needs a pre-trained vision-language model "
                             "(a checkpoint, run directory or experiment output folder); or set masking: random")
-        if get_method(self.base.name).fuse_text is VLPMethod.fuse_text:
-            problems.append(f"method.base: {self.base.name!r} exposes no fused text token states (fuse_text), "
+        if get_method(self.base.name).fuse is VLPMethod.fuse:
+            problems.append(f"method.base: {self.base.name!r} exposes no fused text token states (fuse), "
                             "which token consistency reads")
         if self.replacement == "lm" and not (text.pretrained or unimodal.text_steps):
             problems.append("method.replacement: the generator starts from the pre-trained language model; set "
@@ -148,6 +151,28 @@ class EPIC(VLPMethod):
     def match_probability(self, scores: torch.Tensor) -> torch.Tensor | None:
         return self.base.match_probability(scores)
 
+    def match_logits(self, text_states, attention_mask, image_states) -> torch.Tensor:
+        return self.base.match_logits(text_states, attention_mask, image_states)
+
+    def fuse(self, text_states, attention_mask, image_states) -> FusedPair:
+        return self.base.fuse(text_states, attention_mask, image_states)
+
+    @property
+    def fused_width(self) -> int:
+        return self.base.fused_width
+
+    def fusion_blocks(self) -> nn.ModuleList:
+        return self.base.fusion_blocks()
+
+    def itc_temperature(self) -> torch.Tensor | None:
+        return self.base.itc_temperature()
+
+    def fusion_stream(self) -> FusionStream | None:
+        return self.base.fusion_stream()
+
+    def language_model(self):
+        return self.base.language_model()
+
     def after_optimizer_step(self) -> None:
         self.base.after_optimizer_step()
 
@@ -202,8 +227,8 @@ class EPIC(VLPMethod):
     def consistency_loss(self, batch: Batch, corrupted: torch.Tensor, inconsistent: torch.Tensor) -> torch.Tensor:
         """Eq. 1-2 over all real tokens: label 1 = consistent with the image, 0 = replaced and changed."""
         image = self.base.encode_image(batch.images)
-        fused = self.base.fuse_text(self.base.encode_text(corrupted, batch.attention_mask), batch.attention_mask,
-                                    image.states)
+        fused = self.base.fuse(self.base.encode_text(corrupted, batch.attention_mask), batch.attention_mask,
+                               image.states).text
         logits = self.consistency_head(fused).squeeze(-1).float()
         real = batch.attention_mask.bool()
         return F.binary_cross_entropy_with_logits(logits[real], (~inconsistent[real]).float())

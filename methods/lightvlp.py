@@ -35,7 +35,7 @@ from torch import nn
 from vlpbench.config import MethodConfig, divisibility_problem
 from vlpbench.losses import itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify, sample_itm_negatives
 from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
-from vlpbench.method import Batch, ContrastiveEmbeddings, Progress, VLPMethod
+from vlpbench.method import Batch, ContrastiveEmbeddings, FusedPair, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
 from vlpbench.zoo import create_text_model, create_vision_encoder
@@ -118,8 +118,25 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
         return self.interact(image_states, text_states, attention_mask)[2]
 
-    def fuse_text(self, text_states, attention_mask, image_states) -> torch.Tensor:
-        return self.interact(image_states, text_states, attention_mask)[1]
+    def match_logits(self, text_states, attention_mask, image_states) -> torch.Tensor:
+        """(0, gate logit): their softmax is the gate p, so cross-entropy on them is Eq. 10's."""
+        gate_logit = self.match_score(text_states, attention_mask, image_states)
+        return torch.stack([torch.zeros_like(gate_logit), gate_logit], dim=-1)
+
+    def fuse(self, text_states, attention_mask, image_states) -> FusedPair:
+        """The cross states S of both directions (Eq. 4); the pooled pair is both sides' [CLS]."""
+        cross_image, cross_text, _ = self.interact(image_states, text_states, attention_mask)
+        return FusedPair(cross_text, torch.cat([cross_image[:, 0], cross_text[:, 0]], dim=-1))
+
+    @property
+    def fused_width(self) -> int:
+        return self.visual_encoder.width + self.text.width
+
+    def fusion_blocks(self) -> nn.ModuleList:
+        return self.text_cross
+
+    def itc_temperature(self) -> torch.Tensor:
+        return torch.tensor(self.config.temp)  # kappa, fixed
 
     def token_saliency(self, input_ids, attention_mask, images) -> torch.Tensor:
         """EPIC Eq. 8: the image [CLS] query over the text keys in the penultimate image-side cross layer."""

@@ -43,7 +43,7 @@ from torch import nn
 from vlpbench.config import MethodConfig
 from vlpbench.losses import sample_itm_negatives
 from vlpbench.masking import mask_tokens_for_mlm
-from vlpbench.method import Batch, Progress, VLPMethod
+from vlpbench.method import Batch, FusedPair, Progress, VLPMethod
 from vlpbench.momentum import momentum_copy
 from vlpbench.registry import register_method
 from vlpbench.wordroles import content_token_mask
@@ -162,8 +162,20 @@ class ViLTA(VLPMethod):
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
         return self.itm_logits(text_states, attention_mask, image_states)[:, 1]
 
-    def fuse_text(self, text_states, attention_mask, image_states) -> torch.Tensor:
-        return self.fusion(text_states, attention_mask, image_states)[0]
+    def match_logits(self, text_states, attention_mask, image_states) -> torch.Tensor:
+        return self.itm_logits(text_states, attention_mask, image_states)
+
+    def fuse(self, text_states, attention_mask, image_states) -> FusedPair:
+        """Both towers' [CLS] states, concatenated, are the pooled pair (as ITM reads them)."""
+        text, image = self.fusion(text_states, attention_mask, image_states)
+        return FusedPair(text, torch.cat([text[:, 0], image[:, 0]], dim=-1))
+
+    @property
+    def fused_width(self) -> int:
+        return self.text.width + self.visual_encoder.width
+
+    def fusion_blocks(self) -> nn.ModuleList:
+        return self.fusion.text_layers
 
     def token_saliency(self, input_ids, attention_mask, images) -> torch.Tensor:
         """EPIC Eq. 8 exactly: the image [CLS] query over the text keys, penultimate co-attention layer."""
@@ -171,8 +183,7 @@ class ViLTA(VLPMethod):
                                               self.encode_image(images).states)
 
     def itm_logits(self, text_states, attention_mask, image_states) -> torch.Tensor:
-        text, image = self.fusion(text_states, attention_mask, image_states)
-        return self.itm_head(torch.cat([text[:, 0], image[:, 0]], dim=-1))
+        return self.itm_head(self.fuse(text_states, attention_mask, image_states).cls)
 
     # ---- pre-training ----
     def forward(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:

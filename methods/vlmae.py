@@ -65,6 +65,9 @@ class VLMAEConfig(MethodConfig):
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     distill_mlm: bool = False
 
+    def single_stream_fusion(self) -> bool:
+        return True
+
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
         problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
@@ -115,7 +118,7 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
                                                              self.current_alpha(progress))
         negatives = sample_itm_negatives(sim_i2t, sim_t2i, len(batch), True, text_states.device)
         texts, masks, images, labels = itm_pairs(text_states, batch.attention_mask, image.states, *negatives)
-        losses["loss_itm"] = F.cross_entropy(self.itm_head(self.text.fuse(texts, masks, images)[:, 0]), labels)
+        losses["loss_itm"] = F.cross_entropy(self.match_logits(texts, masks, images), labels)
         losses["loss_mlm"] = self.mlm_loss(image, full_image_m, batch, self.current_alpha(progress))
         if cfg.mim != "none":
             losses["loss_rmim" if cfg.mim == "region" else "loss_mim"] = self.rmim_loss(image, text_states, batch, patches)

@@ -140,6 +140,6 @@ def test_epic_composes_with_vilta_too(tiny_config):
 def test_a_base_without_fused_text_states_is_refused_at_config_load(tiny_config, monkeypatch):
     from methods.albef import ALBEF
     from vlpbench.method import VLPMethod
-    monkeypatch.setattr(ALBEF, "fuse_text", VLPMethod.fuse_text)  # a base method that lacks the interface
+    monkeypatch.setattr(ALBEF, "fuse", VLPMethod.fuse)  # a base method that lacks the interface
     with pytest.raises(ConfigError, match="method.base: 'albef' exposes no fused text token states"):
         make(tiny_config)

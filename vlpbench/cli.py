@@ -7,15 +7,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
 from vlpbench import distributed, launch
 from vlpbench.bench import BenchmarkError, compare, format_table
 from vlpbench.checkpoint import CheckpointError
-from vlpbench.config import ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments
+from vlpbench.config import (DOWNSTREAM_TASKS, ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, config_from_dict,
+                             load_config, validate_arguments)
 from vlpbench.data.datasets import DatasetError
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.experiment import EvaluationError, evaluate_checkpoint, gate_analysis, run_experiment
 from vlpbench.io import write_json
-from vlpbench.pipeline import runtime_device
+from vlpbench.pipeline import resolve_device, runtime_device
 from vlpbench.registry import available_methods, get_method
 from vlpbench.rundir import RunDir
 from vlpbench.sweep import format_plan, load_sweep
@@ -198,6 +201,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_downstream(args) -> int:
+    from vlpbench.downstream.runner import run_tasks, results_table
+    run = RunDir(args.run)
+    if not (run.path / "config.yaml").is_file():
+        raise ConfigError(f"{args.run}: not a run directory (expected config.yaml in it)")
+    wrong = [o for o in args.override if not o.startswith("downstream.")]
+    if wrong:
+        raise ConfigError(f"-o {wrong[0]}: only downstream.* settings can change after pre-training")
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    cfg = config_from_dict(saved, source=str(run.path / "config.yaml"), overrides=args.override)
+    tasks = args.tasks or cfg.downstream.tasks
+    if not tasks:
+        raise ConfigError(f"--tasks: none given and {run.path}'s downstream.tasks is empty")
+    unknown = sorted(set(tasks) - set(DOWNSTREAM_TASKS))
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task(s) {unknown}; expected some of {list(DOWNSTREAM_TASKS)}")
+    cfg = config_from_dict(saved, source=str(run.path / "config.yaml"),
+                           overrides=[*args.override, f"downstream.tasks={list(tasks)}"])  # checks method x task
+    if run.latest_checkpoint() is None:
+        raise ConfigError(f"{run.path}: no pre-training checkpoint to start the tasks from")
+    results = run_tasks(run, cfg, resolve_device(args.device, key="--device"), list(tasks))
+    print(results_table(results).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"\nresults: {run.path / 'downstream.csv'}")
+    return 0
+
+
 def cmd_gate(args) -> int:
     if args.max_pairs < 1:
         raise ConfigError(f"--max-pairs {args.max_pairs}: expected a positive number of pairs")
@@ -350,6 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--on-bad-record", choices=["error", "skip"], default="error")
     ev.add_argument("--output", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
+
+    down = sub.add_parser("downstream", help="fine-tune and evaluate downstream tasks from a pre-trained run",
+                          description="Run downstream tasks (retrieval, vqa, nlvr2, snli_ve, grounding) from a "
+                                      "run's pre-training checkpoint, with the run's downstream settings; results "
+                                      "go to RUN_DIR/downstream/ and RUN_DIR/downstream.csv. Finished tasks are "
+                                      "not run again; interrupted ones resume.")
+    down.add_argument("run", help="run directory of a pre-training run")
+    down.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t], metavar="T,T,...",
+                      help="tasks to run (default: the run's downstream.tasks)")
+    down.add_argument("-o", "--override", action="append", default=[], metavar="downstream.KEY=VALUE",
+                      help="change a downstream setting, e.g. -o downstream.vqa.head=classification")
+    down.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    down.set_defaults(func=cmd_downstream)
 
     gate = sub.add_parser("gate", help="how well the matching score (LightVLP: the gate p) separates noisy pairs",
                           description="ROC AUC of a trained model's matching score between clean and known-noisy "

@@ -132,6 +132,25 @@ class MethodConfig(StrictModel):
         retrieval ranks every pair by ITM and reports no ITC-only result."""
         return getattr(self, "itc", True)
 
+    def single_stream_fusion(self) -> bool:
+        """Whether the method fuses as one text stream through blocks that cross-attend to the image
+        (ALBEF's multimodal encoder), which NLVR2's replicated design needs."""
+        return False
+
+    def downstream_problems(self, downstream: "DownstreamConfig") -> list[str]:
+        """Tasks this method cannot run as configured, as ``"key.path: message"`` strings."""
+        problems = []
+        if "nlvr2" in downstream.tasks and downstream.nlvr2.design == "replicated" and not self.single_stream_fusion():
+            problems.append(f"downstream.nlvr2.design: 'replicated' (ALBEF's two blocks per fusion layer) needs a "
+                            f"single-stream fusion, and {self.name!r} fuses with two streams; use design: pair")
+        from vlpbench.registry import get_method
+        from vlpbench.method import VLPMethod
+        cls = get_method(self.name)
+        if downstream.tasks and cls.fuse is VLPMethod.fuse:
+            problems.append(f"downstream.tasks: {self.name!r} exposes no fused image-text states (fuse), which "
+                            "every downstream pipeline reads")
+        return problems
+
     def check(self, experiment: "ExperimentConfig") -> list[str]:
         """Cross-section problems as ``"key.path: message"`` strings; a method adds its own to these."""
         retrieval = experiment.eval.retrieval
@@ -198,6 +217,90 @@ class EvalConfig(StrictModel):
     curve_images: int = Field(200, ge=2)
 
 
+# ---- downstream tasks (vlpbench.downstream): fine-tuned from the pre-trained model ----
+
+class FinetuneTrainConfig(TrainConfig):
+    """A task's own optimisation; the model starts from the pre-trained run's weights."""
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(2e-5, gt=0.0)  # ALBEF: 2e-5 (VQA, NLVR2, SNLI-VE), 1e-5 (retrieval, grounding)
+    min_lr: float = Field(0.0, ge=0.0)
+    log_every: int = Field(20, ge=1)
+
+
+class TaskData(StrictModel):
+    train: AnnotationSource | None = None  # None: the embedded dataset's <task>_train.json
+    test: AnnotationSource | None = None   # None: its <task>_test.json; another dataset's: zero-shot transfer
+    max_test_records: int | None = Field(None, ge=1)  # evaluate on the first N test records only
+
+
+class TaskConfig(StrictModel):
+    train: FinetuneTrainConfig = FinetuneTrainConfig()
+    data: TaskData = TaskData()
+    # fine-tuning resolution (ALBEF: 384 after pre-training at 256); position embeddings are resampled
+    image_size: int | None = Field(None, ge=16)
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class MatchingFinetuneConfig(TaskConfig):
+    """Retrieval fine-tuning (ALBEF Sec. 5): ITC with every caption of an image a positive, and ITM."""
+    hard_negatives: bool = True  # ITM negatives from the ITC similarities (never the same image); false: uniform
+    temp: float = Field(0.07, gt=0.0)  # ITC temperature for methods that do not learn one (fixed)
+
+
+class RetrievalTaskConfig(MatchingFinetuneConfig):
+    eval: RetrievalEvalConfig = RetrievalEvalConfig()
+
+
+class VQATaskConfig(TaskConfig):
+    head: Literal["generation", "classification"] = "generation"  # ALBEF / LightVLP
+    answer_list: str | None = None  # JSON list of candidate answers (ALBEF: 3,128); None: the training answers
+    k_test: int = Field(128, ge=1)  # candidates the first-token filter keeps for full-sequence scoring
+
+
+class NLVR2TaskConfig(TaskConfig):
+    # replicated: ALBEF's two blocks per fusion layer (one per image), single-stream fusion only;
+    # pair: each image fused with the statement on its own, the two pooled states concatenated (METER)
+    design: Literal["replicated", "pair"] = "replicated"
+    sharing: Literal["key_value", "cross_attention", "all", "none"] = "key_value"  # ALBEF Table 7
+
+
+class GroundingData(TaskData):
+    candidates: AnnotationSource | None = None  # {image: [[x, y, w, h], ..]}; None: the embedded dataset's
+
+
+class GroundingTaskConfig(MatchingFinetuneConfig):
+    data: GroundingData = GroundingData()
+    gradcam_layer: int = Field(2, ge=0)  # index into the text-to-image cross-attention layers (ALBEF: the 3rd)
+    box_alpha: float = Field(0.5, ge=0.0)  # box score = heat-map sum over the box / area ** box_alpha
+    iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
+
+
+DOWNSTREAM_TASKS = ("retrieval", "vqa", "nlvr2", "snli_ve", "grounding")
+
+
+class DownstreamConfig(StrictModel):
+    tasks: list[Literal[DOWNSTREAM_TASKS]] = []  # run in this order after pre-training
+    retrieval: RetrievalTaskConfig = RetrievalTaskConfig()
+    vqa: VQATaskConfig = VQATaskConfig()
+    nlvr2: NLVR2TaskConfig = NLVR2TaskConfig()
+    snli_ve: TaskConfig = TaskConfig()
+    grounding: GroundingTaskConfig = GroundingTaskConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_list(cls, value: Any) -> Any:
+        """``downstream: [vqa, nlvr2]`` is short for ``downstream: {tasks: [vqa, nlvr2]}``."""
+        return {"tasks": value} if isinstance(value, list) else value
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, tasks: list[str]) -> list[str]:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"a task is listed twice: {tasks}")
+        return tasks
+
+
 class ExperimentConfig(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -205,8 +308,10 @@ class ExperimentConfig(StrictModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     method: MethodConfig
+    pretrain: bool = True  # false: no pre-training; downstream tasks start from the initial weights
     train: TrainConfig
     eval: EvalConfig = EvalConfig()
+    downstream: DownstreamConfig = DownstreamConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
@@ -217,6 +322,7 @@ class ExperimentConfig(StrictModel):
                             "scene graphs; it needs data.pretrain unset and no model.vision.pretrained")
         if unimodal.text_steps and self.model.text.pretrained:
             problems.append("model.unimodal.text_steps: the text encoder already loads model.text.pretrained")
+        problems += self.method.downstream_problems(self.downstream)
         if self.data.max_text_len > TEXT_PRESETS[self.model.text.preset].max_positions:
             problems.append(f"data.max_text_len: {self.data.max_text_len} exceeds the {self.model.text.preset} "
                             f"preset's {TEXT_PRESETS[self.model.text.preset].max_positions} positions")

@@ -9,7 +9,7 @@ import torch
 
 from vlpbench import distributed, pipeline, unimodal
 from vlpbench.checkpoint import read_checkpoint
-from vlpbench.config import AnnotationSource, ExperimentConfig, RetrievalEvalConfig, config_from_dict
+from vlpbench.config import AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_from_dict
 from vlpbench.data.datasets import SkipReport
 from vlpbench.analysis import matching_separation
 from vlpbench.evaluate import LearningCurve, evaluate_retrieval
@@ -42,6 +42,9 @@ def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, sto
 
 def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, log) -> dict:
     device = pipeline.runtime_device(cfg.train)
+    if cfg.downstream.tasks and distributed.world_size() > 1:
+        raise ConfigError("downstream.tasks: downstream tasks run in one process; pre-train data-parallel without "
+                          "them, then run `vlpbench downstream RUN_DIR`")
     sources = pipeline.data_sources(cfg, log)
     skips = SkipReport()
     entries = pipeline.open_entries(sources["pretrain"], cfg, skips)
@@ -82,8 +85,13 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     elif retrieval is not None and cfg.eval.every_steps:
         curve = LearningCurve(retrieval, cfg.eval.curve_images, tokenizer, cfg.eval.retrieval.batch_size,
                               cfg.data.max_text_len, device)
-    results["train"] = trainer.fit(tokenizer.to_json(), stop_at, curve)
-    results["complete"] = trainer.step == cfg.train.steps
+    if cfg.pretrain:
+        results["train"] = trainer.fit(tokenizer.to_json(), stop_at, curve)
+        results["complete"] = trainer.step == cfg.train.steps
+    else:  # the initial weights, checkpointed for evaluation and downstream tasks
+        if distributed.is_main():
+            trainer.save_checkpoint(tokenizer.to_json())
+        results["train"], results["complete"] = {"steps": 0, "pretrain": False}, True
     results["train"]["processes"] = distributed.world_size()
     if not distributed.is_main():  # process 0 writes and evaluates
         return results
@@ -99,6 +107,9 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
                                   f"{type(exc).__name__}: {exc}. {run.path / 'results.json'} holds the training "
                                   f"result and the traceback; retry with `vlpbench eval {run.path} ...`") from exc
         run.write_results(results)
+    if cfg.downstream.tasks and results["complete"]:
+        from vlpbench.downstream.runner import run_tasks  # the tasks load the pre-trained run as eval does
+        results["downstream"] = run_tasks(run, cfg, device, log=log)
     return results
 
 

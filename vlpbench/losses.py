@@ -32,17 +32,24 @@ def contrastive_loss(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, targets_i2t: 
 
 
 def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: bool,
-                              device: torch.device | str | None = None) -> torch.Tensor:
+                              device: torch.device | str | None = None,
+                              positives: torch.Tensor | None = None) -> torch.Tensor:
     """In-batch sampling weights for ITM negatives; the positive (diagonal) always has weight 0.
 
     ``hard``: proportional to ``softmax(sim)`` (ALBEF's contrastive hard negatives); otherwise
     uniform over the other pairs. A small floor keeps every row samplable when softmax underflows.
+    ``positives`` [B, B] (fine-tuning: pairs of the same image) also get weight 0, except in a row
+    where nothing else is left, which then falls back to the diagonal's complement.
     """
     if hard:
         weights = F.softmax(sim.float(), dim=1) + 1e-9
     else:
         weights = torch.ones(batch, batch, device=device)
-    return weights.fill_diagonal_(0.0)
+    weights = weights.fill_diagonal_(0.0)
+    if positives is None:
+        return weights
+    kept = weights.masked_fill(positives, 0.0)
+    return torch.where(kept.sum(1, keepdim=True) > 0, kept, weights)
 
 
 def sample_negatives(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -79,12 +86,25 @@ def momentum_contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor,
 
 @torch.no_grad()
 def sample_itm_negatives(sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None, batch: int, hard: bool,
-                         device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+                         device: torch.device | str,
+                         positives: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each pair, a negative image for its text and a negative text for its image (ALBEF Sec.
-    3.3, LightVLP Sec. 3.4): from the in-batch contrastive similarities when ``hard``, else uniform."""
-    neg_image = sample_negatives(negative_sampling_weights(sim_t2i[:, :batch] if hard else None, batch, hard, device))
-    neg_text = sample_negatives(negative_sampling_weights(sim_i2t[:, :batch] if hard else None, batch, hard, device))
-    return neg_image, neg_text
+    3.3, LightVLP Sec. 3.4): from the in-batch contrastive similarities when ``hard``, else uniform;
+    never a pair marked in ``positives`` [B, B] (fine-tuning: another caption of the same image)."""
+    def draw(sim):
+        return sample_negatives(negative_sampling_weights(sim[:, :batch] if hard else None, batch, hard, device,
+                                                          positives))
+    return draw(sim_t2i), draw(sim_i2t)
+
+
+def multi_positive_contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, positives: torch.Tensor,
+                                    temp: torch.Tensor | float) -> torch.Tensor:
+    """In-batch ITC where every pair in ``positives`` [B, B] (image i, text j: the same image) is a
+    positive with probability 1 / #positives of its row (ALBEF Sec. 5, retrieval fine-tuning)."""
+    sim = image_feat @ text_feat.T / temp
+    targets = positives.float()
+    return contrastive_loss(sim, sim.T, targets / targets.sum(1, keepdim=True),
+                            targets.T / targets.T.sum(1, keepdim=True))
 
 
 def itm_pairs(text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpbench.config import MethodConfig, ModelConfig
-from vlpbench.zoo.text import create_text_model
+from vlpbench.zoo.layers import MultiHeadAttention
+from vlpbench.zoo.text import BertTextModel, create_text_model
 from vlpbench.zoo.tokenizer import TextTokenizer
 from vlpbench.zoo.vision import VisionOutput, create_vision_encoder
 
@@ -29,6 +30,20 @@ class Batch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+@dataclass
+class FusedPair:
+    text: torch.Tensor  # [B, L, W] fused text token states
+    cls: torch.Tensor   # [B, fused_width]: the pooled pair a task head reads (fused [CLS], or both towers' [CLS])
+
+
+@dataclass(frozen=True)
+class FusionStream:
+    """Single-stream fusion: the text states pass through ``blocks`` in order, each cross-attending
+    to the image states, then through ``final_norm``."""
+    blocks: nn.ModuleList
+    final_norm: nn.Module
 
 
 @dataclass(frozen=True)
@@ -76,10 +91,47 @@ class VLPMethod(nn.Module, abc.ABC):
                     image_states: torch.Tensor) -> torch.Tensor:
         """[B] image-text matching score of aligned pairs (higher = more likely matched)."""
 
-    def fuse_text(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
-                  image_states: torch.Tensor) -> torch.Tensor:
-        """[B, L, W] text token states after fusion with the image (plug-ins such as EPIC read them)."""
-        raise NotImplementedError(f"method {self.name!r} does not expose fused text token states")
+    # The fusion interface the downstream pipelines use (``vlpbench.downstream``). A method without
+    # a fusion of its own keeps these defaults; the pipelines then refuse it at config load.
+    def fuse(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
+             image_states: torch.Tensor) -> "FusedPair":
+        """The image-text pair after fusion: text token states and the pooled state a task head reads."""
+        raise NotImplementedError(f"method {self.name!r} does not expose fused image-text states (fuse)")
+
+    @property
+    def fused_width(self) -> int:
+        """Width of ``FusedPair.cls``."""
+        raise NotImplementedError(f"method {self.name!r} does not expose fused image-text states (fuse)")
+
+    def match_logits(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
+                     image_states: torch.Tensor) -> torch.Tensor:
+        """[B, 2] (not matched, matched) logits of the method's matching head; fine-tuning trains
+        them with cross-entropy, as ALBEF's ITM."""
+        raise NotImplementedError(f"method {self.name!r} has no image-text matching head (match_logits)")
+
+    def fusion_blocks(self) -> nn.ModuleList:
+        """The text side's fusion blocks in order, each cross-attending to the image (an answer
+        decoder starts from them)."""
+        raise NotImplementedError(f"method {self.name!r} exposes no fusion blocks")
+
+    def cross_attentions(self) -> list[MultiHeadAttention]:
+        """The attention modules in which text queries attend to the image states ([CLS] first,
+        then the patches in grid order), one per fusion layer in order (Grad-CAM reads them)."""
+        return [block.cross_attn for block in self.fusion_blocks()]
+
+    def fusion_stream(self) -> "FusionStream | None":
+        """Where fusion is one text stream through blocks that cross-attend to the image (ALBEF),
+        those blocks; None for two-stream fusion (co-attention, LightVLP's cross stacks)."""
+        return None
+
+    def language_model(self) -> BertTextModel:
+        """The text model whose embeddings and MLM head an answer decoder starts from."""
+        return self.text
+
+    def itc_temperature(self) -> torch.Tensor | None:
+        """The contrastive temperature the method learned (fine-tuning goes on learning it), or
+        None where it has none of its own."""
+        return None
 
     def token_saliency(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        images: torch.Tensor) -> torch.Tensor:
@@ -133,11 +185,28 @@ class FusionEncoderMatching(ContrastiveEmbeddings):
 
     def match_score(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
                     image_states: torch.Tensor) -> torch.Tensor:
-        return self.itm_head(self.text.fuse(text_states, attention_mask, image_states)[:, 0])[:, 1]
+        return self.match_logits(text_states, attention_mask, image_states)[:, 1]
 
-    def fuse_text(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
-                  image_states: torch.Tensor) -> torch.Tensor:
-        return self.text.fuse(text_states, attention_mask, image_states)
+    def match_logits(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
+                     image_states: torch.Tensor) -> torch.Tensor:
+        return self.itm_head(self.text.fuse(text_states, attention_mask, image_states)[:, 0])
+
+    def fuse(self, text_states: torch.Tensor, attention_mask: torch.Tensor, image_states: torch.Tensor) -> FusedPair:
+        fused = self.text.fuse(text_states, attention_mask, image_states)
+        return FusedPair(fused, fused[:, 0])
+
+    @property
+    def fused_width(self) -> int:
+        return self.text.width
+
+    def fusion_blocks(self) -> nn.ModuleList:
+        return self.text.fusion_layers
+
+    def itc_temperature(self) -> torch.Tensor:
+        return self.temp
+
+    def fusion_stream(self) -> FusionStream:
+        return FusionStream(self.text.fusion_layers, self.text.fusion_norm)
 
     def token_saliency(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        images: torch.Tensor) -> torch.Tensor:

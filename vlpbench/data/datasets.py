@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,12 +150,23 @@ def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_rec
                         skips: SkipReport, skip_hint: str = "set data.on_bad_record: skip") -> list[ImageCaptions]:
     """Validated (image, captions) entries from all ``ann_files``; ``skip_hint`` tells the user
     how to switch skipping on (a YAML key or a command-line flag)."""
+    return load_records(ann_files, image_root, parse_image_captions, on_bad_record, verify_images, skips, skip_hint)
+
+
+def load_records(ann_files: list[str], image_root: str | Path, parse: Callable, on_bad_record: str,
+                 verify_images: bool, skips: SkipReport, skip_hint: str = "set data.on_bad_record: skip") -> list:
+    """``parse(record, image_root, "file#index", verify_images)`` of every record of ``ann_files``.
+
+    A record ``parse`` refuses (``RecordError``) is an error naming the file, the record and the
+    problem, or with ``on_bad_record: skip`` is skipped and counted in ``skips``; ``skip_hint``
+    tells the user how to switch skipping on (a YAML key or a command-line flag).
+    """
     root, entries, seen, skipped = Path(image_root), [], 0, SkipReport()
     for ann_file in ann_files:
         for index, record in enumerate(read_annotation_file(ann_file)):
             seen += 1
             try:
-                entries.append(_validate(record, root, f"{ann_file}#{index}", verify_images))
+                entries.append(parse(record, root, f"{ann_file}#{index}", verify_images))
             except RecordError as exc:
                 message = f"{ann_file}: record {index}: {exc}"
                 if on_bad_record != "skip":
@@ -170,18 +182,24 @@ def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_rec
     return entries
 
 
-def _validate(record, root: Path, source: str, verify_images: bool) -> ImageCaptions:
-    if not isinstance(record, dict):
-        raise RecordError("expected an object with 'image' and 'caption'", f"got {type(record).__name__}")
-    image = record.get("image")
+def check_image(image, root: Path, verify_images: bool, key: str = "image") -> Path:
+    """The path of a record's image (``image`` as the record gives it, relative to ``root``), after
+    checking the file: decoded fully with ``verify_images``, else only that it exists."""
     if not isinstance(image, str) or not image:
-        raise RecordError("record has no 'image' path")
-    captions = _captions_of(record)
+        raise RecordError(f"record has no {key!r} path")
     path = root / image
     if verify_images:
         load_image(path)
     elif not path.is_file():
         raise RecordError("image file is missing", str(path.absolute()))
+    return path
+
+
+def parse_image_captions(record, root: Path, source: str, verify_images: bool) -> ImageCaptions:
+    if not isinstance(record, dict):
+        raise RecordError("expected an object with 'image' and 'caption'", f"got {type(record).__name__}")
+    captions = _captions_of(record)
+    path = check_image(record.get("image"), root, verify_images)
     noise = record.get("noise")
     return ImageCaptions(path, captions, source, _boxes_of(record), noise if isinstance(noise, str) else None)
 

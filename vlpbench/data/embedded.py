@@ -2,12 +2,13 @@
 
 Layout (all annotation files in the ALBEF JSON formats, image paths relative to the folder):
   pretrain.json          [{image, caption, image_id, phrases, noise, partial}]  pre-training pairs
-  retrieval_train.json   [{image, caption, image_id}]       clean captions of the pre-training images
+  retrieval_train.json   [{image, caption, image_id}]       5 clean captions of each pre-training image
   retrieval_test.json    [{image, caption: [5 captions], image_id}]
   vqa_{train,test}.json  [{question_id, image, question, answer: [..], dataset}]
   nlvr_{train,test}.json [{images: [a, b], sentence, label: "True"|"False"}]
   ve_{train,test}.json   [{image, sentence, label: entailment|neutral|contradiction}]
   grounding_{train,test}.json [{ref_id, image, text, bbox: [x, y, w, h]}]
+  grounding_candidates.json   {image: [[x, y, w, h], ..]}  candidate boxes: every object of the scene
   scene_graphs.json      {image: {background, tint, objects: [...]}}
   manifest.json          parameters, counts; written last, so its presence marks a complete folder
 """
@@ -27,7 +28,7 @@ from vlpbench.data import captions as cap
 from vlpbench.data.scenes import Scene, render, sample_scene
 from vlpbench.io import build_folder_atomically, write_json
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 TEST_CAPTIONS_PER_IMAGE = 5
 
 
@@ -105,8 +106,17 @@ def generate(cfg: EmbeddedDataConfig, out: Path) -> dict[str, int]:
     }
     for split, scenes, paths in (("train", train_scenes, train_paths), ("test", test_scenes, test_paths)):
         files |= _downstream(split, scenes, paths, rng, cfg.image_size)
+    # added in version 3 from a generator of their own, so every file above is as version 2 wrote it
+    extra = random.Random(f"{cfg.seed}-v3")
+    files["retrieval_train"] = [record | {"caption": caption} for record, scene in zip(files["retrieval_train"], train_scenes)
+                                for caption in [record["caption"]] + [
+                                    cap.describe(scene, extra, cfg.image_size, t)["caption"]
+                                    for t in range(1, TEST_CAPTIONS_PER_IMAGE)]]
     for name, records in files.items():
         write_json(out / f"{name}.json", records)
+    write_json(out / "grounding_candidates.json", {
+        p: [o.bbox(cfg.image_size) for o in s.objects]
+        for s, p in zip(train_scenes + test_scenes, train_paths + test_paths)})
     write_json(out / "scene_graphs.json", {
         p: {"background": s.background, "tint": s.tint, "objects": [dataclasses.asdict(o) for o in s.objects]}
         for s, p in zip(train_scenes + test_scenes, train_paths + test_paths)})

@@ -8,7 +8,9 @@ load into them by parameter name (see ``vlpbench.zoo.text.hf_bert_to_vlpbench``)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,7 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(kv_width, width)
         self.value = nn.Linear(kv_width, width)
         self.out = nn.Linear(width, width)
+        self.recorded: list[torch.Tensor] | None = None  # see record_attention
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -49,8 +52,33 @@ class MultiHeadAttention(nn.Module):
         context = x if context is None else context
         q, k, v = self._split_heads(self.query(x)), self._split_heads(self.key(context)), self._split_heads(self.value(context))
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        if self.recorded is not None:
+            y = self._explicit_attention(q, k, v, attn_mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).flatten(2))
+
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention with its probabilities [B, heads, queries, keys] kept in ``recorded`` (Grad-CAM
+        reads them and their gradient); the same result as the fused kernel, without dropout."""
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        self.recorded.append(probs)
+        return probs @ v
+
+
+@contextmanager
+def record_attention(attention: MultiHeadAttention) -> Iterator[list[torch.Tensor]]:
+    """Within the block, ``attention`` computes its probabilities explicitly and appends them (one
+    tensor per call) to the yielded list, so that their gradient can be taken (Grad-CAM)."""
+    attention.recorded = []
+    try:
+        yield attention.recorded
+    finally:
+        attention.recorded = None
 
 
 class PostNormResidual(nn.Module):

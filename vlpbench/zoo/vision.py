@@ -59,6 +59,25 @@ class VisionEncoder(nn.Module):
         x = vit.norm(vit.blocks(x))
         return VisionOutput(states=x, cls=x[:, 0])
 
+    @property
+    def image_size(self) -> int:
+        return self.vit.patch_embed.img_size[0]
+
+    @property
+    def grid_size(self) -> int:
+        return self.vit.patch_embed.grid_size[0]
+
+    def set_image_size(self, size: int) -> None:
+        """Take ``size`` x ``size`` images from now on: the patch-position embeddings are resampled
+        (bicubic) to the new grid, the [CLS] embedding kept, as for ALBEF's fine-tuning at 384 px
+        after pre-training at 256. The same size changes nothing."""
+        if size % self.vit.patch_embed.patch_size[0]:
+            raise ValueError(f"image size {size} is not a multiple of the patch size "
+                             f"{self.vit.patch_embed.patch_size[0]}")
+        if size != self.image_size:
+            self.vit.set_input_size(img_size=(size, size))
+            self.num_patches = self.vit.patch_embed.num_patches
+
 
 def create_vision_encoder(preset: str, pretrained: str | None = None, image_size: int | None = None,
                           **overrides) -> VisionEncoder:

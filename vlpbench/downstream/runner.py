@@ -1,0 +1,120 @@
+"""Run downstream tasks from a pre-trained run: each task starts from the run's pre-training
+checkpoint, fine-tunes with the shared trainer (resumable from its own checkpoints) and is
+evaluated on its test split. Layout inside the run directory::
+
+    downstream/<task>/config.yaml     the task's resolved settings
+    downstream/<task>/metrics.jsonl   its training log
+    downstream/<task>/checkpoints/
+    downstream/<task>/results.json    metrics, baselines (chance, majority, ...), test size, training
+    downstream.csv                    one row per task and metric, with the baselines beside it
+
+and the run's ``results.json`` gains ``downstream: {task: ...}``. A task with ``results.json``
+is done and is not run again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+import yaml
+
+from vlpbench import pipeline
+from vlpbench.config import EvalConfig, ExperimentConfig
+from vlpbench.downstream.common import DownstreamTask
+from vlpbench.downstream.grounding import GroundingTask
+from vlpbench.downstream.nlvr2 import NLVR2Task
+from vlpbench.downstream.retrieval import RetrievalTask
+from vlpbench.downstream.snli_ve import SNLIVETask
+from vlpbench.downstream.vqa import VQATask
+from vlpbench.evaluate import eval_mode
+from vlpbench.experiment import load_trained
+from vlpbench.io import write_json, write_text
+from vlpbench.rundir import RunDir
+from vlpbench.train import Trainer
+from vlpbench.zoo.vision import VisionEncoder
+
+TASKS: dict[str, type[DownstreamTask]] = {"retrieval": RetrievalTask, "vqa": VQATask, "nlvr2": NLVR2Task,
+                                          "snli_ve": SNLIVETask, "grounding": GroundingTask}
+
+
+def run_tasks(run: RunDir, cfg: ExperimentConfig, device: torch.device, tasks: list[str] | None = None,
+              log=print) -> dict:
+    """Every task of ``tasks`` (default ``downstream.tasks``), in order; returns ``{task: result}``
+    and records them in the run's ``results.json`` and ``downstream.csv``."""
+    results = {name: run_task(run, cfg, name, device, log) for name in (tasks or cfg.downstream.tasks)}
+    record_results(run, results)
+    return results
+
+
+def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device, log=print) -> dict:
+    task_run = RunDir(run.path / "downstream" / name)
+    done = task_run.path / "results.json"
+    if done.is_file():
+        log(f"{name}: done before ({done})")
+        return json.loads(done.read_text())
+    task_cfg = getattr(cfg.downstream, name)
+    _, method, tokenizer = load_trained(run.path, device)
+    image_size = task_cfg.image_size or pipeline.image_size_of(cfg.model.vision)
+    for module in method.modules():
+        if isinstance(module, VisionEncoder):
+            module.set_image_size(image_size)
+    task = TASKS[name](cfg, task_cfg, tokenizer, image_size, log)
+    torch.manual_seed(cfg.seed)  # the task head's initialisation
+    model = task.build_model(method).to(device)
+    trainer = Trainer(task_config(cfg, name), model, task.train_dataset(), task.collate, task_run, device)
+    write_text(task_run.path / "config.yaml", yaml.safe_dump({name: task_cfg.model_dump(mode="json")}, sort_keys=False))
+    resume_task(trainer, task_run, device, log)
+    log(f"{name}: fine-tuning {cfg.method.name} for {task_cfg.train.steps} steps ({len(trainer.dataset)} examples)")
+    train = trainer.fit(tokenizer.to_json())
+    with eval_mode(model):
+        evaluation = task.evaluate(model, device)
+    result = {"task": name, **evaluation, "image_size": image_size, "train": train,
+              "skipped_records": task.skips.as_dict()}
+    write_json(done, result)
+    log(f"{name}: {_format_metrics(result)}")
+    return result
+
+
+def task_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
+    """The experiment as the trainer sees it for a task: the task's optimisation, no learning curve."""
+    return cfg.model_copy(update={"name": f"{cfg.name}.{name}", "train": getattr(cfg.downstream, name).train,
+                                  "eval": EvalConfig(every_steps=None)})
+
+
+def resume_task(trainer: Trainer, task_run: RunDir, device: torch.device, log) -> None:
+    task_run.checkpoints.mkdir(parents=True, exist_ok=True)
+    checkpoint = task_run.read_latest_checkpoint(device, log)
+    if checkpoint is None:
+        task_run.truncate_metrics(0)
+        return
+    trainer.load_checkpoint(checkpoint)
+    task_run.truncate_metrics(trainer.step)
+    log(f"resuming {task_run.path} from step {trainer.step}")
+
+
+def results_table(results: dict) -> pd.DataFrame:
+    """One row per task and metric: the measured value, each baseline, the test size."""
+    rows = []
+    for name, result in results.items():
+        for metric, value in result["metrics"].items():
+            baselines = {base: values[metric] for base, values in result["baselines"].items() if metric in values}
+            rows.append({"task": name, "metric": metric, "value": value, **baselines, "num_test": result["num_test"]})
+    return pd.DataFrame(rows)
+
+
+def record_results(run: RunDir, results: dict) -> None:
+    results_file = run.path / "results.json"
+    summary = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    summary["downstream"] = {**summary.get("downstream", {}), **results}
+    write_json(results_file, summary)
+    table = results_table(summary["downstream"])
+    write_text(run.path / "downstream.csv", table.to_csv(index=False))
+
+
+def _format_metrics(result: dict) -> str:
+    parts = [f"{metric} {value:.2f}" for metric, value in result["metrics"].items()]
+    parts += [f"{base} {values[m]:.2f}" for base, values in result["baselines"].items() for m in values
+              if m in result["metrics"]]
+    return ", ".join(parts) + f" (n={result['num_test']})"
