@@ -18,7 +18,12 @@ def inherits_mini_base(path: Path) -> bool:
     return False
 
 
-MINI = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if inherits_mini_base(p))
+def is_sweep(path: Path) -> bool:
+    return "sweep" in read_yaml_with_base(path)
+
+
+# single-run mini experiments; a sweep (an ablation, compare_methods) changes what it sweeps and its protocol
+MINI = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if inherits_mini_base(p) and not is_sweep(p))
 
 
 @pytest.mark.parametrize("path", sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p.name != "mini_base.yaml"),
@@ -32,11 +37,12 @@ def test_mini_experiments_change_only_the_method(path):
     cfg = load_config(path)
     base = read_yaml_with_base(EXPERIMENTS / "mini_base.yaml")
     raw = {**base, "name": cfg.name, "method": read_yaml_with_base(path)["method"]}
+    raw["downstream"] = {**raw["downstream"], "tasks": cfg.downstream.tasks}  # which tasks follow pre-training
     if cfg.eval.retrieval.k_test == "all":  # allowed (on a subset) for methods without a contrastive embedding only
         assert not cfg.method.has_contrastive_embedding()
         protocol = {"k_test": "all", "max_images": cfg.eval.retrieval.max_images}
         raw["eval"] = {**raw["eval"], "retrieval": {**raw["eval"]["retrieval"], **protocol}}
-    assert cfg == config_from_dict(raw), "a mini experiment may set only name and method; the rest is mini_base.yaml's"
+    assert cfg == config_from_dict(raw), "a mini experiment may set only name, method and downstream.tasks; the rest is mini_base.yaml's"
 
 
 def test_mini_budget_settings():

@@ -255,3 +255,20 @@ def test_masked_autoencoder_methods_train_and_evaluate_through_the_shared_pipeli
     assert results["complete"] and results["train"]["steps"] == 4
     assert results["retrieval"]["num_images"] == 6 and 0.0 <= results["retrieval"]["itm"]["r_mean"] <= 100.0
     assert set(results["retrieval"]) >= {"itc", "itm"}
+
+
+def test_tensorboard_event_files_mirror_the_metrics_and_nothing_changes_without_it(tiny_config, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = config_from_dict(tiny_config)
+    run = RunDir.create(cfg)
+    run_experiment(cfg, run, log=lambda *a: None)
+    events = EventAccumulator(str(run.path / "tensorboard"))
+    events.Reload()
+    losses = [json.loads(line)["loss"] for line in run.metrics_file.read_text().splitlines()]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx(losses)
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the import fails, as without the package
+    run = RunDir.create(cfg.model_copy(update={"name": "tiny_no_tb"}))
+    run_experiment(cfg, run, log=lambda *a: None)
+    assert not (run.path / "tensorboard").exists() and run.metrics_file.is_file()

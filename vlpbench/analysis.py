@@ -40,9 +40,10 @@ def quantiles(values: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def matching_separation(method: VLPMethod, entries: list[ImageCaptions], tokenizer: TextTokenizer, image_size: int,
-                        max_text_len: int, batch_size: int, device: torch.device) -> dict:
+                        max_text_len: int, batch_size: int, device: torch.device, keep_values: bool = False) -> dict:
     """Scores of every (image, caption) pair of ``entries`` grouped by noise kind; AUC of clean vs
-    each noisy kind and vs all noisy pairs; quantiles of p where the method defines it."""
+    each noisy kind and vs all noisy pairs; quantiles of p where the method defines it (and with
+    ``keep_values`` every pair's p, by kind, as ``p_values``)."""
     dataset = RetrievalDataset(entries, ImageTransform(image_size))
     kinds = [e.noise or CLEAN for e in entries for _ in e.captions]
     with eval_mode(method):
@@ -61,5 +62,8 @@ def matching_separation(method: VLPMethod, entries: list[ImageCaptions], tokeniz
     result = {"num_pairs": {kind: len(v) for kind, v in groups.items()}, "auc": auc}
     probability = method.match_probability(scores)
     if probability is not None:
-        result["p"] = {kind: quantiles(probability[[k == kind for k in kinds]]) for kind in groups}
+        by_kind = {kind: probability[[k == kind for k in kinds]] for kind in groups}
+        result["p"] = {kind: quantiles(values) for kind, values in by_kind.items()}
+        if keep_values:
+            result["p_values"] = {kind: values.tolist() for kind, values in by_kind.items()}
     return result

@@ -11,9 +11,10 @@ import yaml
 
 from vlpbench import distributed, launch
 from vlpbench.bench import BenchmarkError, compare, format_table
+from vlpbench.budget import apply_flop_budget
 from vlpbench.checkpoint import CheckpointError
 from vlpbench.config import (DOWNSTREAM_TASKS, ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, config_from_dict,
-                             load_config, validate_arguments)
+                             load_config, read_yaml_with_base, validate_arguments)
 from vlpbench.data.datasets import DatasetError
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.experiment import EvaluationError, evaluate_checkpoint, gate_analysis, run_experiment
@@ -74,6 +75,8 @@ def cmd_run(args) -> int:
         if not args.experiment:
             raise ConfigError("vlpbench run needs an experiment file (or --resume RUN_DIR)")
         cfg = load_config(args.experiment, args.override)
+        if not args.dry_run:
+            cfg = apply_flop_budget(cfg)
         run = None
     check_stop_at(args.stop_at, cfg.train.steps, run)
     runtime_device(cfg.train)  # a device or precision this machine lacks fails here, before anything is built
@@ -210,6 +213,8 @@ def cmd_downstream(args) -> int:
     if wrong:
         raise ConfigError(f"-o {wrong[0]}: only downstream.* settings can change after pre-training")
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    if args.settings:  # the task settings of an experiment file instead of those the run was made with
+        saved["downstream"] = read_yaml_with_base(Path(args.settings)).get("downstream", {})
     cfg = config_from_dict(saved, source=str(run.path / "config.yaml"), overrides=args.override)
     tasks = args.tasks or cfg.downstream.tasks
     if not tasks:
@@ -224,6 +229,12 @@ def cmd_downstream(args) -> int:
     results = run_tasks(run, cfg, resolve_device(args.device, key="--device"), list(tasks))
     print(results_table(results).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nresults: {run.path / 'downstream.csv'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from vlpbench.report_writer import build_report
+    build_report(args.target, args.output, args.override)
     return 0
 
 
@@ -390,8 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tasks to run (default: the run's downstream.tasks)")
     down.add_argument("-o", "--override", action="append", default=[], metavar="downstream.KEY=VALUE",
                       help="change a downstream setting, e.g. -o downstream.vqa.head=classification")
+    down.add_argument("--settings", metavar="EXPERIMENT.yaml",
+                      help="take the downstream section of this experiment file instead of the run's own")
     down.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     down.set_defaults(func=cmd_downstream)
+
+    rep = sub.add_parser("report", help="a comparison report of a sweep: tables, the paper's table, plots",
+                         description="Gather every run of a sweep (finished or not) into reports/<name>/: "
+                                     "report.md, a self-contained index.html, tables/*.csv and *.tex (booktabs), "
+                                     "plots/*.png; the experiment file's report section says what to show.")
+    rep.add_argument("target", help="the sweep's experiment file or its directory (<output_dir>/<name>)")
+    rep.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="the overrides the sweep was run with")
+    rep.add_argument("--output", default="reports", help="folder the report folder goes in (default: reports)")
+    rep.set_defaults(func=cmd_report)
 
     gate = sub.add_parser("gate", help="how well the matching score (LightVLP: the gate p) separates noisy pairs",
                           description="ROC AUC of a trained model's matching score between clean and known-noisy "

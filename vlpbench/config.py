@@ -21,7 +21,7 @@ class ConfigError(ValueError):
     """A configuration problem, already phrased for the user."""
 
 
-SWEEP_SECTIONS = ("sweep", "launcher")
+SWEEP_SECTIONS = ("sweep", "launcher", "report")  # about the whole experiment, not one run
 
 
 class StrictModel(BaseModel):
@@ -182,6 +182,10 @@ class TrainConfig(StrictModel):
     # CPU, glibc: freed tensors stay in the process instead of being unmapped and faulted in again
     # every step (vlpbench.runtime.keep_freed_memory)
     keep_freed_memory: bool = True
+    # training compute in PFLOP (forward + backward, attention included, vlpbench flops' count per
+    # sample x samples); when set, the run's steps are those that spend it (vlpbench.budget), so
+    # methods of different cost get the same compute
+    flop_budget: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
     def _lr_order(self) -> "TrainConfig":

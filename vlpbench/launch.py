@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlpbench import distributed
+from vlpbench.budget import apply_flop_budget
 from vlpbench.config import ConfigError, config_from_dict, config_to_yaml
 from vlpbench.experiment import EvaluationError, run_experiment
 from vlpbench.io import write_json
@@ -116,7 +117,7 @@ def execute(config: dict, run_dir: str) -> dict:
 
 
 def _open_run(config: dict, run_dir: Path) -> tuple[RunDir, object]:
-    cfg = config_from_dict(config, source=f"{run_dir} (sweep run)")
+    cfg = apply_flop_budget(config_from_dict(config, source=f"{run_dir} (sweep run)"))
     if not (run_dir / "config.yaml").is_file():
         return RunDir.create(cfg, run_id=run_dir.name), cfg
     if (run_dir / "config.yaml").read_text() != config_to_yaml(cfg):

@@ -109,6 +109,8 @@ def combinations(sweep: SweepConfig) -> list[list[tuple[str, Any]]]:
 
 
 def _value_text(value: Any) -> str:
+    if isinstance(value, dict) and "name" in value:  # a whole section (a method): named by its name
+        return _value_text(value["name"])
     text = "-".join(map(_value_text, value)) if isinstance(value, list) else str(value)
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
 

@@ -184,6 +184,7 @@ class Trainer:
         start, first_step, curve_seconds = time.perf_counter(), self.step, 0.0
         every = self.cfg.eval.every_steps
         bar = tqdm(total=t.steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True, mininterval=1.0)
+        writer = tensorboard_writer(self.run.path / "tensorboard") if distributed.is_main() else None
         while self.step < last:
             logged = self.train_step(batches)
             window_steps += 1
@@ -196,12 +197,12 @@ class Trainer:
                 record = {"step": step, **{k: float(v) / window_steps for k, v in window.items()},
                           "samples_per_s": window_steps * samples_per_step / elapsed, "epoch": step / self.steps_per_epoch}
                 if distributed.is_main():
-                    append_jsonl(self.run.metrics_file, record)
+                    log_record(self.run.metrics_file, writer, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
                 window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
             if curve is not None and every and (step % every == 0 or step == t.steps) and distributed.is_main():
                 tic = time.perf_counter()
-                append_jsonl(self.run.metrics_file, {"step": step, **curve(self.method)})
+                log_record(self.run.metrics_file, writer, {"step": step, **curve(self.method)})
                 window_start += time.perf_counter() - tic
                 curve_seconds += time.perf_counter() - tic
             if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == last or stopping:
@@ -211,6 +212,8 @@ class Trainer:
             if stopping:
                 break
         bar.close()
+        if writer is not None:
+            writer.close()
         seconds = time.perf_counter() - start
         steps_run = self.step - first_step
         return {"steps": self.step, "steps_this_session": steps_run, "seconds": round(seconds, 1),
@@ -218,6 +221,26 @@ class Trainer:
                 "samples_per_s": round(steps_run * samples_per_step / max(seconds - curve_seconds, 1e-9), 1),
                 "seconds_per_step": round((seconds - curve_seconds) / max(steps_run, 1), 3),
                 "peak_memory_mb": peak_memory_mb(self.device)}
+
+
+def tensorboard_writer(folder):
+    """A TensorBoard ``SummaryWriter`` logging to ``folder`` when the optional ``tensorboard``
+    package is installed (live curves while a sweep runs), else None: nothing changes without it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
+def log_record(metrics_file, writer, record: dict) -> None:
+    """One line of ``metrics.jsonl`` and, with TensorBoard, each number as a scalar at its step."""
+    append_jsonl(metrics_file, record)
+    if writer is not None:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, record["step"])
+        writer.flush()
 
 
 def peak_memory_mb(device: torch.device) -> float:

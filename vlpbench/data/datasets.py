@@ -182,6 +182,16 @@ def load_records(ann_files: list[str], image_root: str | Path, parse: Callable, 
     return entries
 
 
+def text_field(record, key: str, fields: str) -> str:
+    """A record's non-empty string ``key``, stripped; ``fields`` names what the record should hold."""
+    if not isinstance(record, dict):
+        raise RecordError(f"expected an object with {fields}", f"got {type(record).__name__}")
+    text = record.get(key)
+    if not isinstance(text, str) or not text.strip():
+        raise RecordError(f"record has no {key!r} (a non-empty string)")
+    return text.strip()
+
+
 def check_image(image, root: Path, verify_images: bool, key: str = "image") -> Path:
     """The path of a record's image (``image`` as the record gives it, relative to ``root``), after
     checking the file: decoded fully with ``verify_images``, else only that it exists."""

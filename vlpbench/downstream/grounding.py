@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlpbench.data.datasets import DatasetError, ImageCaptions, RecordError, check_image, load_image
+from vlpbench.data.datasets import DatasetError, ImageCaptions, RecordError, check_image, load_image, text_field
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.downstream.retrieval import CaptionPairs, MatchingFinetune, MatchingTask
 from vlpbench.downstream.common import KeyedDataset
@@ -37,16 +37,12 @@ def _box(value) -> bool:
 
 
 def parse_grounding(record, root: Path, source: str, verify_images: bool) -> GroundingRecord:
-    if not isinstance(record, dict):
-        raise RecordError("expected an object with 'image' and 'text'", f"got {type(record).__name__}")
-    text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise RecordError("record has no 'text' (a non-empty string)")
+    text = text_field(record, "text", "'image' and 'text'")
     bbox = record.get("bbox")
     if bbox is not None and not _box(bbox):
         raise RecordError("'bbox' must be [x, y, w, h] pixels with w, h > 0", f"got {bbox!r}")
     path = check_image(record.get("image"), root, verify_images)
-    return GroundingRecord(path, record["image"], text.strip(), None if bbox is None else [float(v) for v in bbox])
+    return GroundingRecord(path, record["image"], text, None if bbox is None else [float(v) for v in bbox])
 
 
 def read_candidates(path: str) -> dict[str, torch.Tensor]:

@@ -88,7 +88,7 @@ class RetrievalTask(MatchingTask):
         eval_cfg = cfg.eval if contrastive else cfg.eval.model_copy(update={"k_test": "all"})
         result = evaluate_retrieval(method, dataset, self.tokenizer, eval_cfg, self.cfg.data.max_text_len, device,
                                     contrastive)
-        metrics = {key: result["itm"][key] for key in ("r_mean", "txt_r1", "img_r1")}
+        metrics = {key: result["itm"][key] for key in ("r_mean", "txt_r_mean", "img_r_mean", "txt_r1", "img_r1")}
         chance = {key: result["chance"][key] for key in metrics}
         if result["itc"] is not None:
             metrics["itc_r_mean"], chance["itc_r_mean"] = result["itc"]["r_mean"], result["chance"]["r_mean"]

@@ -114,7 +114,10 @@ def record_results(run: RunDir, results: dict) -> None:
 
 
 def _format_metrics(result: dict) -> str:
-    parts = [f"{metric} {value:.2f}" for metric, value in result["metrics"].items()]
-    parts += [f"{base} {values[m]:.2f}" for base, values in result["baselines"].items() for m in values
-              if m in result["metrics"]]
-    return ", ".join(parts) + f" (n={result['num_test']})"
+    """``metric value (baseline value, ...)`` for each metric, then the test size."""
+    parts = []
+    for metric, value in result["metrics"].items():
+        baselines = ", ".join(f"{base} {values[metric]:.2f}" for base, values in result["baselines"].items()
+                              if metric in values)
+        parts.append(f"{metric} {value:.2f}" + (f" ({baselines})" if baselines else ""))
+    return "; ".join(parts) + f"; n = {result['num_test']}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlpbench.data.datasets import RecordError, check_image
+from vlpbench.data.datasets import RecordError, check_image, text_field
 from vlpbench.downstream.common import (ClassifierHead, DownstreamTask, KeyedDataset, TaskBatch, TaskModel, accuracy,
                                         fuse_batch, majority_share)
 from vlpbench.method import Progress, VLPMethod
@@ -29,16 +29,12 @@ class SentenceRecord:
 
 def parse_sentence(record, labels: dict) -> tuple[str, int]:
     """The ``sentence`` and the ``label`` (mapped through ``labels``) of a record."""
-    if not isinstance(record, dict):
-        raise RecordError("expected an object with 'sentence' and 'label'", f"got {type(record).__name__}")
-    sentence = record.get("sentence")
-    if not isinstance(sentence, str) or not sentence.strip():
-        raise RecordError("record has no 'sentence' (a non-empty string)")
+    sentence = text_field(record, "sentence", "'sentence' and 'label'")
     label = record.get("label")
     key = label.strip().lower() if isinstance(label, str) else label
     if key not in labels or (isinstance(key, bool) and not any(k is key for k in labels)):  # True is not 1 here
         raise RecordError(f"'label' must be one of {sorted(map(str, labels))}", f"got {label!r}")
-    return sentence.strip(), labels[key]
+    return sentence, labels[key]
 
 
 def parse_ve(record, root: Path, source: str, verify_images: bool) -> SentenceRecord:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vlpbench.config import ConfigError
-from vlpbench.data.datasets import RecordError, check_image
+from vlpbench.data.datasets import RecordError, check_image, text_field
 from vlpbench.downstream.common import ClassifierHead, DownstreamTask, KeyedDataset, TaskBatch, TaskModel, fuse_batch
 from vlpbench.method import Progress, VLPMethod
 from vlpbench.zoo.answer_decoder import AnswerDecoder, rank_candidates
@@ -49,17 +49,13 @@ def answer_scores(answers: list[str]) -> dict[str, float]:
 
 
 def parse_vqa(record, root: Path, source: str, verify_images: bool) -> VQARecord:
-    if not isinstance(record, dict):
-        raise RecordError("expected an object with 'image', 'question' and 'answer'", f"got {type(record).__name__}")
-    question = record.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise RecordError("record has no 'question' (a non-empty string)")
+    question = text_field(record, "question", "'image', 'question' and 'answer'")
     answers = record.get("answer")
     answers = [answers] if isinstance(answers, str) else answers
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
         raise RecordError("'answer' must be a non-empty string or list of them (test answers too: vlpbench scores "
                           "locally)", f"got {record.get('answer')!r}")
-    return VQARecord(check_image(record.get("image"), root, verify_images), question.strip(),
+    return VQARecord(check_image(record.get("image"), root, verify_images), question,
                      [normalise(a) for a in answers])
 
 

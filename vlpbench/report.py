@@ -1,0 +1,284 @@
+"""Comparison reports: every run of a sweep (or of an experiment) gathered into tables of
+configurations x metrics over seeds, set beside the paper's published table, with plots.
+
+An experiment file names what its report shows in a ``report`` section::
+
+    report:
+      rows: [method.image_mask_ratio]         # config keys that label the table's rows
+      columns: [method.text_mask_ratio]       # ... and its columns (a heat map with one of each)
+      metrics: {retrieval.itm.r_mean: R Mean} # results.json paths -> labels; the first is the headline
+      reference:                              # the published table (reports/reference/<table>.csv)
+        table: lightvlp_table5
+        metrics: {retrieval.itm.r_mean: overall_r_mean}
+        baseline: {method.image_mask_ratio: 0.5, method.text_mask_ratio: 0.5}
+
+A cell is one configuration: the mean over its finished seeds, the standard deviation, the 95%
+interval of the mean and the seed count; runs that have not finished are listed with their state
+(a report can be built while a sweep runs). For each published row other than the baseline, the
+report compares the published delta to the baseline with the measured one: same sign, and
+whether the measured difference's 95% interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from vlpbench.config import ConfigError, StrictModel, format_validation_error, load_config, read_yaml_with_base
+from vlpbench.launch import run_state
+from vlpbench.stats import difference_interval, seed_stats
+from vlpbench.summary import _lookup
+from vlpbench.sweep import load_sweep
+
+REFERENCE_DIRS = (Path.cwd() / "reports" / "reference", Path(__file__).resolve().parents[1] / "reports" / "reference")
+
+
+class ReferenceConfig(StrictModel):
+    table: str                        # reports/reference/<table>.csv
+    metrics: dict[str, str]           # measured results.json path -> the published table's column
+    baseline: dict[str, Any] = {}     # the row every delta is taken against (config key -> value)
+    where: dict[str, Any] = {}        # what the published table holds fixed: only cells with these values
+
+
+class ReportConfig(StrictModel):
+    rows: list[str] = []
+    columns: list[str] = []
+    metrics: dict[str, str] = {"retrieval.itm.r_mean": "r_mean"}
+    reference: list[ReferenceConfig] = []  # published tables this experiment reproduces
+    flops: bool = True                # GFLOPs per sample of each configuration (vlpbench flops)
+    scale: str = "mini"               # stated beside the paper's scale
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    run_dir: Path
+    keys: dict[str, Any]              # the report's row and column keys -> this run's values
+    seed: int
+    state: str
+    results: dict | None = None
+    config: Any = None                # the resolved ExperimentConfig
+
+    def metric(self, path: str) -> float | None:
+        value = _lookup(self.results, path) if self.results else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class Cell:
+    keys: dict[str, Any]
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.state == "done" and r.results is not None]
+
+    def values(self, metric: str) -> list[float]:
+        return [v for r in self.done if (v := r.metric(metric)) is not None]
+
+    def status(self) -> str:
+        """``3/3 seeds``, or what the missing ones are doing: ``1/3 seeds (1 running, 1 new)``."""
+        waiting: dict[str, int] = {}
+        for run in self.runs:
+            if run not in self.done:
+                waiting[run.state] = waiting.get(run.state, 0) + 1
+        text = f"{len(self.done)}/{len(self.runs)} seeds"
+        return text + (" (" + ", ".join(f"{n} {s}" for s, n in sorted(waiting.items())) + ")" if waiting else "")
+
+
+def read_report_config(path: Path) -> ReportConfig:
+    value = read_yaml_with_base(path).get("report") or {}
+    try:
+        return ReportConfig.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{path}: report", ReportConfig)) from None
+
+
+def config_value(config, dotted: str):
+    node = config.model_dump(mode="json")
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"report: {dotted!r} is not a config key of the experiment")
+        node = node[part]
+    return node
+
+
+def gather(target: str | Path, overrides: list[str] = ()) -> tuple[str, Path, ReportConfig, list[RunRecord]]:
+    """The experiment's name, file, report settings and every planned run with its state:
+    ``target`` is an experiment file or a sweep directory (its ``sweep.json`` names the file)."""
+    target = Path(target)
+    if target.is_dir():
+        plan = target / "sweep.json"
+        if not plan.is_file():
+            raise FileNotFoundError(f"{target}: no sweep.json (give the experiment file instead)")
+        saved = json.loads(plan.read_text())
+        experiment, overrides = Path(saved["experiment"]), [*saved["overrides"], *overrides]
+    else:
+        experiment = target
+    report = read_report_config(experiment)
+    sweep = load_sweep(experiment, list(overrides))
+    if sweep is not None:
+        planned = [(run.run_id, sweep.run_dir(run), run.config) for run in sweep.runs]
+        name = sweep.name
+    else:  # one configuration: every run directory of the experiment
+        cfg = load_config(experiment, list(overrides))
+        folder, name = Path(cfg.output_dir) / cfg.name, cfg.name
+        runs = sorted(p for p in folder.glob("*") if (p / "config.yaml").is_file()) if folder.is_dir() else []
+        planned = [(p.name, p, load_config(p / "config.yaml")) for p in runs] or [("(no run yet)", folder, cfg)]
+    records = []
+    for run_id, run_dir, config in planned:
+        state = run_state(run_dir)["state"] if run_dir.is_dir() else "new"
+        results_file = run_dir / "results.json"
+        results = json.loads(results_file.read_text()) if state == "done" else None
+        keys = {key: config_value(config, key) for key in report.rows + report.columns}
+        records.append(RunRecord(run_id, run_dir, keys, config.seed, state, results, config))
+    return name, experiment, report, records
+
+
+def cells_of(records: list[RunRecord]) -> list[Cell]:
+    """Runs grouped by their key values, in the order the sweep plans them."""
+    cells: dict[str, Cell] = {}
+    for record in records:
+        label = json.dumps(record.keys, sort_keys=True)
+        cells.setdefault(label, Cell(record.keys)).runs.append(record)
+    return list(cells.values())
+
+
+def cell_label(keys: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in keys.items()) or "all runs"
+
+
+def statistics(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+    s = seed_stats(values)
+    return {"n": s.n, "mean": s.mean, "std": s.std, "ci95_low": s.ci95_low, "ci95_high": s.ci95_high}
+
+
+def main_table(cells: list[Cell], report: ReportConfig, flops: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per configuration: its keys, each metric's statistics over seeds, cost, state."""
+    rows = []
+    for cell in cells:
+        row = {key.rsplit(".", 1)[-1]: value for key, value in cell.keys.items()}
+        for metric, label in report.metrics.items():
+            for stat, value in statistics(cell.values(metric)).items():
+                row[f"{label} {stat}"] = value
+        if flops is not None:
+            row["GFLOPs/sample"] = flops.get(json.dumps(cell.keys, sort_keys=True), math.nan)
+        row["samples/s"] = statistics(cell.values("train.samples_per_s"))["mean"]
+        row["runs"] = cell.status()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---- the published table ----
+
+@dataclass
+class Reference:
+    name: str
+    source: str          # the '# ...' lines of the file: paper, table, dataset, scale
+    rows: pd.DataFrame
+
+
+def find_reference(name: str) -> Path:
+    for folder in REFERENCE_DIRS:
+        if (folder / f"{name}.csv").is_file():
+            return folder / f"{name}.csv"
+    raise ConfigError(f"report.reference.table: {name!r}: no {name}.csv under "
+                      + " or ".join(str(d) for d in REFERENCE_DIRS))
+
+
+def read_reference(name: str) -> Reference:
+    path = find_reference(name)
+    lines = path.read_text().splitlines()
+    source = " ".join(line.lstrip("# ").strip() for line in lines if line.startswith("#"))
+    rows = pd.read_csv(path, comment="#")
+    return Reference(name, source, rows)
+
+
+def _same(a, b) -> bool:
+    """A published key value (read from CSV text) equals a config value."""
+    parsed = yaml.safe_load(str(a)) if isinstance(a, str) else a
+    if isinstance(parsed, (int, float)) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return math.isclose(float(parsed), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return parsed == b
+
+
+def matching_cell(reference_row: pd.Series, cells: list[Cell], where: dict[str, Any]) -> Cell | None:
+    """The measured configuration whose keys equal the published row's (and ``where``'s)."""
+    for cell in cells:
+        keys = {k: v for k, v in cell.keys.items() if k in reference_row.index}
+        fixed = all(_same(value, cell.keys.get(key)) for key, value in where.items())
+        if keys and fixed and all(_same(reference_row[k], v) for k, v in keys.items()):
+            return cell
+    return None
+
+
+def reference_table(cells: list[Cell], report: ReportConfig, settings: ReferenceConfig,
+                    reference: Reference) -> pd.DataFrame:
+    """Each published row beside the measured cell with the same keys (missing: shown as such)."""
+    rows = []
+    label_column = "row" if "row" in reference.rows.columns else None
+    for _, published in reference.rows.iterrows():
+        cell = matching_cell(published, cells, settings.where)
+        row = {"row": published[label_column] if label_column else cell_label(
+            {k: published[k] for k in report.rows + report.columns if k in published.index})}
+        for metric, column in settings.metrics.items():
+            label = report.metrics.get(metric, metric)
+            row[f"{label} (paper)"] = published[column]
+            s = statistics(cell.values(metric)) if cell else statistics([])
+            row[f"{label} (measured)"], row[f"{label} 95% CI"] = s["mean"], (s["ci95_low"], s["ci95_high"])
+            row[f"{label} n"] = s["n"]
+        row["runs"] = cell.status() if cell else "not in this sweep"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def delta_table(cells: list[Cell], report: ReportConfig, settings: ReferenceConfig,
+                reference: Reference) -> pd.DataFrame:
+    """Per published row and metric: its delta to the baseline row, the measured delta with its
+    95% interval (Welch), whether the signs agree and whether the measured one is significant."""
+    base_row = _baseline_row(settings, reference)
+    base_cell = matching_cell(base_row, cells, settings.where)
+    rows = []
+    for _, published in reference.rows.iterrows():
+        if published.equals(base_row):
+            continue
+        cell = matching_cell(published, cells, settings.where)
+        for metric, column in settings.metrics.items():
+            paper = float(published[column]) - float(base_row[column])
+            ours = cell.values(metric) if cell and base_cell else []
+            base = base_cell.values(metric) if cell and base_cell else []
+            row = {"row": _row_name(published, report), "metric": report.metrics.get(metric, metric),
+                   "paper delta": paper}
+            if len(ours) >= 2 and len(base) >= 2:
+                delta, low, high = difference_interval(base, ours)
+                row.update({"measured delta": delta, "95% CI": (low, high),
+                            "same sign": (delta > 0) == (paper > 0) if paper and delta else None,
+                            "significant": low > 0 or high < 0})
+            else:
+                row.update({"measured delta": math.nan, "95% CI": (math.nan, math.nan), "same sign": None,
+                            "significant": None, "note": "needs >= 2 finished seeds in both cells"})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _baseline_row(settings: ReferenceConfig, reference: Reference) -> pd.Series:
+    baseline = settings.baseline
+    for _, row in reference.rows.iterrows():
+        if all(k in row.index and _same(row[k], v) for k, v in baseline.items()):
+            return row
+    raise ConfigError(f"report.reference.baseline: {baseline} matches no row of {reference.name}.csv")
+
+
+def _row_name(published: pd.Series, report: ReportConfig) -> str:
+    if "row" in published.index:
+        return str(published["row"])
+    return cell_label({k: published[k] for k in report.rows + report.columns if k in published.index})

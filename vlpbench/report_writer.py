@@ -1,0 +1,212 @@
+"""``vlpbench report``: writes ``reports/<name>/`` from a sweep: ``report.md``, a self-contained
+``index.html`` (tables and PNG plots embedded, readable offline), ``tables/*.csv`` and
+``tables/*.tex`` (booktabs) and ``plots/*.png``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vlpbench import plots
+from vlpbench.report import (Cell, ReportConfig, cells_of, delta_table, gather, main_table, read_reference,
+                             reference_table)
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def text_of(value) -> str:
+    """A table cell as text: numbers to 2 decimals, intervals as [low, high], missing as '-'."""
+    if isinstance(value, tuple):
+        return "-" if any(isinstance(v, float) and math.isnan(v) for v in value) else \
+            "[" + ", ".join(f"{v:.2f}" for v in value) + "]"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(text_of(v).replace("|", "/") for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex(frame: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs})."""
+    columns = "l" * len(frame.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
+             " & ".join(latex_escape(str(c)) for c in frame.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(text_of(v)) for v in row) + r" \\" for row in frame.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{latex_escape(caption)}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(text_of(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def display_table(table: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
+    """The main table as read: per metric ``mean ± half-width of the 95% interval`` (or ``mean``
+    where one seed), then the seed count; cost and state columns as they are."""
+    out = pd.DataFrame()
+    keys = [c for c in table.columns if not any(c.startswith(f"{label} ") for label in report.metrics.values())]
+    for column in keys[: len(report.rows + report.columns)]:
+        out[column] = table[column]
+    for label in report.metrics.values():
+        out[label] = [_mean_interval(row, label) for _, row in table.iterrows()]
+        out[f"{label} n"] = table[f"{label} n"]
+    for column in keys[len(report.rows + report.columns):]:
+        out[column] = table[column]
+    return out
+
+
+def _mean_interval(row: pd.Series, label: str) -> str:
+    mean, low, high = row[f"{label} mean"], row[f"{label} ci95_low"], row[f"{label} ci95_high"]
+    if math.isnan(mean):
+        return "missing"
+    return f"{mean:.2f}" if math.isnan(low) else f"{mean:.2f} ± {(high - low) / 2:.2f}"
+
+
+def configuration_flops(cells: list[Cell]) -> dict[str, float]:
+    """Training GFLOPs per sample (forward + backward, attention included) of each configuration,
+    counted once per configuration on random weights (``vlpbench flops``)."""
+    from vlpbench.flops import Convention, count_experiment
+    out = {}
+    for cell in cells:
+        config = cell.runs[0].config
+        out[json.dumps(cell.keys, sort_keys=True)] = count_experiment(config, 2, cross_check=False).per_sample(
+            Convention()) / 1e9
+    return out
+
+
+def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> dict[str, list[float]] | None:
+    """LightVLP's gate p on the pre-training pairs of the first finished run, by pair kind."""
+    from vlpbench.analysis import matching_separation
+    from vlpbench.config import AnnotationSource
+    from vlpbench.data.datasets import SkipReport
+    from vlpbench.experiment import load_trained
+    from vlpbench.pipeline import data_sources, image_size_of, open_entries
+    run = next((r for c in cells for r in c.done), None)
+    if run is None or run.config.method.name != "lightvlp":
+        return None
+    cfg, method, tokenizer = load_trained(run.run_dir, torch.device("cpu"))
+    source: AnnotationSource = data_sources(cfg, log=lambda *a: None)["pretrain"]
+    entries = open_entries(source, cfg, SkipReport())[:max_pairs]
+    result = matching_separation(method, entries, tokenizer, image_size_of(cfg.model.vision), cfg.data.max_text_len,
+                                 128, torch.device("cpu"), keep_values=True)
+    return result["p_values"]
+
+
+def build_report(target: str, output_root: str = "reports", overrides: list[str] = (), log=print) -> Path:
+    """Gather, tabulate, plot and write the report of ``target`` (sweep directory or experiment file)."""
+    name, experiment, report, records = gather(target, overrides)
+    cells = cells_of(records)
+    out = Path(output_root) / name
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    flops = configuration_flops(cells) if report.flops else None
+    table = main_table(cells, report, flops)
+    tables = {"main": (table, display_table(table, report), f"{name}: per configuration, over seeds")}
+    references = []
+    for settings in report.reference:
+        reference = read_reference(settings.table)
+        references.append(reference)
+        side = reference_table(cells, report, settings, reference)
+        deltas = delta_table(cells, report, settings, reference)
+        tables[reference.name] = (side, side, f"{name} beside {reference.name} (paper)")
+        tables[f"{reference.name}_deltas"] = (deltas, deltas, f"{name}: deltas to the baseline row, "
+                                                             f"{reference.name} vs measured")
+    for key, (raw, shown, caption) in tables.items():
+        raw.to_csv(out / "tables" / f"{key}.csv", index=False)
+        (out / "tables" / f"{key}.tex").write_text(latex(shown, caption))
+    figures = make_plots(cells, report, flops, name, out / "plots")
+    done = sum(r.state == "done" for r in records)
+    page = Page(name, experiment, report, references, tables, figures, f"{done} of {len(records)} runs finished",
+                time.strftime("%Y-%m-%d %H:%M"))
+    (out / "report.md").write_text(page.markdown())
+    (out / "index.html").write_text(page.html())
+    log(f"report: {out / 'index.html'} ({done} of {len(records)} runs finished)")
+    return out
+
+
+def make_plots(cells: list[Cell], report: ReportConfig, flops: dict | None, name: str, folder: Path) -> dict:
+    headline, label = next(iter(report.metrics.items()))
+    figures = {}
+    if flops:
+        figures["FLOPs per sample vs quality"] = plots.flops_vs_quality(cells, flops, headline, label, name,
+                                                                        folder / "flops_vs_quality.png")
+    if len(report.rows) == 1 and len(report.columns) == 1:
+        figures["Heat map"] = plots.heatmap(cells, report.rows[0], report.columns[0], headline, label, name,
+                                            folder / "heatmap.png")
+    figures["Training loss"] = plots.loss_curves(cells, name, folder / "loss_curves.png")
+    figures["Per configuration"] = plots.ablation_bars(cells, headline, label, name, folder / "ablation_bars.png")
+    gate = gate_probabilities(cells)
+    if gate:
+        figures["LightVLP gate p"] = plots.gate_histogram(gate, name, folder / "gate_histogram.png")
+    return figures
+
+
+class Page:
+    """The report as Markdown and as one self-contained HTML page."""
+
+    def __init__(self, name, experiment, report, references, tables, figures, progress, when):
+        self.name, self.experiment, self.report, self.references = name, experiment, report, references
+        self.tables, self.figures, self.progress, self.when = tables, figures, progress, when
+
+    def intro(self) -> list[str]:
+        lines = [f"Experiment `{self.experiment}`; {self.progress}; built {self.when}.",
+                 f"Scale: `{self.report.scale}`. Each cell: mean over finished seeds ± half the 95% interval of "
+                 "the mean (Student t), with the seed count n; `missing` where no seed has finished."]
+        for reference in self.references:
+            lines.append(f"Published ({reference.name}): {reference.source}")
+        if self.references:
+            lines.append("The papers' numbers come from their own scale and data: compare the directions of "
+                         "differences and their significance, not levels.")
+        return lines
+
+    def markdown(self) -> str:
+        parts = [f"# {self.name}", "", *self.intro(), ""]
+        for key, (_, shown, caption) in self.tables.items():
+            parts += [f"## {caption}", "", markdown(shown), "", f"CSV: `tables/{key}.csv`, LaTeX: `tables/{key}.tex`", ""]
+        for title, path in self.figures.items():
+            parts += [f"## {title}", "", f"![{title}](plots/{path.name})", ""]
+        return "\n".join(parts)
+
+    def html(self) -> str:
+        body = [f"<h1>{html.escape(self.name)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in self.intro())]
+        for key, (_, shown, caption) in self.tables.items():
+            body += [f'<h2 id="table-{key}">{html.escape(caption)}</h2>', html_table(shown)]
+        for title, path in self.figures.items():
+            data = base64.b64encode(path.read_bytes()).decode()
+            body += [f"<h2>{html.escape(title)}</h2>",
+                     f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
+        return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+th, td {{ border-bottom: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }}
+th {{ border-bottom: 2px solid #444; }} td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+</style></head><body>
+{chr(10).join(body)}
+</body></html>
+"""
