@@ -26,7 +26,10 @@ def is_sweep(path: Path) -> bool:
 MINI = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if inherits_mini_base(p) and not is_sweep(p))
 
 
-@pytest.mark.parametrize("path", sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p.name != "mini_base.yaml"),
+OVERLAYS = ("mini_base.yaml", "paper_scale.yaml")  # shared settings other files build on, not experiments
+
+
+@pytest.mark.parametrize("path", sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p.name not in OVERLAYS),
                          ids=lambda p: str(p.relative_to(EXPERIMENTS)))
 def test_experiment_file_validates(path):
     assert load_config(path).name
@@ -49,3 +52,24 @@ def test_mini_budget_settings():
     cfg = load_config(EXPERIMENTS / "albef_mini.yaml")
     assert cfg.data.embedded.num_test_images >= 1000 and cfg.eval.every_steps
     assert cfg.model.unimodal.text_steps > 0 and cfg.model.unimodal.vision_steps > 0
+
+
+@pytest.mark.parametrize("name", ["albef_mini", "lightvlp_mini", "vlmae_mini", "vilta_mini", "epic_mini", "quickstart"])
+def test_one_override_puts_an_experiment_at_paper_scale(name):
+    cfg = load_config(EXPERIMENTS / f"{name}.yaml", ["scale=base"])
+    assert cfg.scale == "base" and cfg.model.vision.preset == "vit_base" and cfg.model.text.preset == "bert_base"
+    assert cfg.model.unimodal.text_steps == 0 and cfg.model.text.pretrained == "bert-base-uncased"
+    assert cfg.train.batch_size >= 512 and cfg.name == load_config(EXPERIMENTS / f"{name}.yaml").name
+
+
+def test_a_sweep_keeps_its_own_protocol_at_paper_scale():
+    from vlpbench.sweep import load_sweep
+    sweep = load_sweep(EXPERIMENTS / "albef_ablation.yaml", ["scale=base"])
+    assert len(sweep.runs) == 15 and sweep.runs[0].config.model.vision.preset == "vit_base"
+    assert sweep.runs[0].config.eval.retrieval.k_test == "all"  # the ablation's, over the preset's 256
+
+
+def test_an_unknown_scale_names_the_ones_there_are():
+    from vlpbench.config import ConfigError
+    with pytest.raises(ConfigError, match=r"scale: 'huge' is not one of this experiment's scales: \['base', 'mini'\]"):
+        load_config(EXPERIMENTS / "albef_mini.yaml", ["scale=huge"])

@@ -312,6 +312,7 @@ class ExperimentConfig(StrictModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     method: MethodConfig
+    scale: str = "mini"  # which of the file's ``scales`` was applied (read_experiment)
     pretrain: bool = True  # false: no pre-training; downstream tasks start from the initial weights
     train: TrainConfig
     eval: EvalConfig = EvalConfig()
@@ -359,9 +360,13 @@ def deep_merge(base: dict, child: dict) -> dict:
     return out
 
 
-def read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_yaml_with_base(path: Path, seen: tuple[Path, ...] = (), scale: str | None = None) -> dict:
     """Read an experiment file; a top-level ``base: other.yaml`` (relative to this file) is
-    read first and this file's keys are merged over it."""
+    read first and this file's keys are merged over it.
+
+    ``scale``: where a file declares that scale (``scales: {base: [overlay.yaml, ..]}``, paths
+    relative to it), its overlays are merged over it and its bases, and files built on it merge
+    over the result: a sweep's own settings survive a change of scale."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
     if path.resolve() in seen:
@@ -372,21 +377,46 @@ def read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    base = raw.pop("base", None)
+    merged = deep_merge(_read_base(path, raw.pop("base", None), seen, scale), raw)
+    declared = raw.get("scales") or {}
+    if scale in declared:
+        overlays = declared[scale]
+        for overlay in [overlays] if isinstance(overlays, str) else overlays:
+            settings = read_yaml_with_base(path.parent / overlay)
+            settings.pop("name", None)
+            merged = deep_merge(merged, settings)
+        merged["scale"] = scale
+    return merged
+
+
+def _read_base(path: Path, base, seen: tuple[Path, ...], scale: str | None) -> dict:
     if base is None:
-        return raw
+        return {}
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base: expected the path of another experiment file")
     base_path = path.parent / base
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: {base!r}: no such experiment file (looked for {base_path.resolve()}; "
                           "a base path is relative to the file that names it)")
-    return deep_merge(read_yaml_with_base(base_path, seen + (path.resolve(),)), raw)
+    return read_yaml_with_base(base_path, seen + (path.resolve(),), scale)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     path = Path(path)
-    return config_from_dict(read_yaml_with_base(path), source=str(path), overrides=overrides)
+    return config_from_dict(read_experiment(path, overrides or []), source=str(path), overrides=overrides)
+
+
+def read_experiment(path: Path, overrides: list[str]) -> dict:
+    """An experiment file (with its bases) at the scale ``scale`` names (``-o scale=base``, or the
+    file's own ``scale`` key); ``mini`` (the default) is the files as written."""
+    chosen = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0].strip() == "scale"]
+    scale = chosen[-1] if chosen else read_yaml_with_base(path).get("scale", "mini")
+    raw = read_yaml_with_base(path, scale=scale)
+    declared = raw.pop("scales", None) or {}
+    if scale != "mini" and raw.get("scale") != scale:
+        raise ConfigError(f"{path}: scale: {scale!r} is not one of this experiment's scales: "
+                          f"{sorted({'mini', *declared})}")
+    return raw
 
 
 def config_from_dict(raw: Any, source: str = "<config>", overrides: list[str] | None = None) -> ExperimentConfig:

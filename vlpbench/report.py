@@ -53,7 +53,6 @@ class ReportConfig(StrictModel):
     metrics: dict[str, str] = {"retrieval.itm.r_mean": "r_mean"}
     reference: list[ReferenceConfig] = []  # published tables this experiment reproduces
     flops: bool = True                # GFLOPs per sample of each configuration (vlpbench flops)
-    scale: str = "mini"               # stated beside the paper's scale
 
 
 @dataclass

@@ -140,7 +140,7 @@ def build_report(target: str, output_root: str = "reports", overrides: list[str]
     figures = make_plots(cells, report, flops, name, out / "plots")
     done = sum(r.state == "done" for r in records)
     page = Page(name, experiment, report, references, tables, figures, f"{done} of {len(records)} runs finished",
-                time.strftime("%Y-%m-%d %H:%M"))
+                time.strftime("%Y-%m-%d %H:%M"), records[0].config.scale)
     (out / "report.md").write_text(page.markdown())
     (out / "index.html").write_text(page.html())
     log(f"report: {out / 'index.html'} ({done} of {len(records)} runs finished)")
@@ -167,13 +167,13 @@ def make_plots(cells: list[Cell], report: ReportConfig, flops: dict | None, name
 class Page:
     """The report as Markdown and as one self-contained HTML page."""
 
-    def __init__(self, name, experiment, report, references, tables, figures, progress, when):
+    def __init__(self, name, experiment, report, references, tables, figures, progress, when, scale):
         self.name, self.experiment, self.report, self.references = name, experiment, report, references
-        self.tables, self.figures, self.progress, self.when = tables, figures, progress, when
+        self.tables, self.figures, self.progress, self.when, self.scale = tables, figures, progress, when, scale
 
     def intro(self) -> list[str]:
         lines = [f"Experiment `{self.experiment}`; {self.progress}; built {self.when}.",
-                 f"Scale: `{self.report.scale}`. Each cell: mean over finished seeds ± half the 95% interval of "
+                 f"Scale: `{self.scale}`. Each cell: mean over finished seeds ± half the 95% interval of "
                  "the mean (Student t), with the seed count n; `missing` where no seed has finished."]
         for reference in self.references:
             lines.append(f"Published ({reference.name}): {reference.source}")

@@ -26,7 +26,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from vlpbench.config import (ConfigError, ExperimentConfig, StrictModel, config_from_dict, format_validation_error,
-                             read_yaml_with_base)
+                             read_experiment)
 
 MAX_RUN_ID = 120
 
@@ -139,9 +139,9 @@ def run_id(pairs: list[tuple[str, Any]], names: dict[str, str]) -> str:
     return f"{text[:MAX_RUN_ID - 11]}~{digest}"
 
 
-def read_sections(path: Path) -> tuple[dict, SweepConfig | None, LauncherConfig]:
+def read_sections(path: Path, overrides: list[str] = ()) -> tuple[dict, SweepConfig | None, LauncherConfig]:
     """The experiment (without its ``sweep`` and ``launcher`` sections) and those two, validated."""
-    raw = read_yaml_with_base(path)
+    raw = read_experiment(path, list(overrides))
     parsed = []
     for section, model in (("sweep", SweepConfig), ("launcher", LauncherConfig)):
         value = raw.pop(section, None)
@@ -159,7 +159,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | N
     Every run's config is validated here, so a bad value fails before anything runs, naming the run.
     """
     path = Path(path)
-    raw, sweep_cfg, launcher = read_sections(path)
+    raw, sweep_cfg, launcher = read_sections(path, overrides)
     if seeds is not None:
         sweep_cfg = (sweep_cfg or SweepConfig()).model_copy(update={"seeds": list(seeds)})
     if sweep_cfg is None:
