@@ -46,10 +46,11 @@ def flops_vs_quality(cells: list[Cell], flops: dict[str, float], metric: str, la
         if cost is None or not values:
             continue
         ax.scatter([cost] * len(values), values, s=14, alpha=0.45, color="tab:blue")
-        means.append((cost, float(np.mean(values)), cell_label(cell.keys)))
+        means.append((cost, float(np.mean(values)), "/".join(str(v) for v in cell.keys.values())))
     if means:
         xs, ys, names = zip(*means)
-        ax.scatter(xs, ys, s=46, color="tab:blue", edgecolor="black", zorder=3, label="configuration mean")
+        keys = "/".join(k.rsplit(".", 1)[-1] for k in cells[0].keys) or "all runs"
+        ax.scatter(xs, ys, s=46, color="tab:blue", edgecolor="black", zorder=3, label=f"mean of a configuration ({keys})")
         front = pareto_front(list(zip(xs, ys)))
         ax.plot([xs[i] for i in front], [ys[i] for i in front], color="tab:red", lw=1.5, zorder=2,
                 label="Pareto front (fewer FLOPs, higher quality)")
@@ -87,7 +88,8 @@ def heatmap(cells: list[Cell], row_key: str, column_key: str, metric: str, label
     ax.set_xlabel(column_key.rsplit(".", 1)[-1].replace("_", " "))
     ax.set_ylabel(row_key.rsplit(".", 1)[-1].replace("_", " "))
     fig.colorbar(image, ax=ax, label=f"{label} (%), mean over seeds")
-    ax.set_title(f"{title}: {label} by masking ratios", fontsize=10)
+    names = [k.rsplit(".", 1)[-1].replace("_", " ") for k in (row_key, column_key)]
+    ax.set_title(f"{title}: {label} by {names[0]} x {names[1]}", fontsize=10)
     return _save(fig, path)
 
 
@@ -131,9 +133,11 @@ def ablation_bars(cells: list[Cell], metric: str, label: str, title: str, path: 
         error = None if math.isnan(s["ci95_low"]) else [[s["mean"] - s["ci95_low"]], [s["ci95_high"] - s["mean"]]]
         ax.bar(i, s["mean"], color="tab:blue", alpha=0.7, yerr=error, capsize=4)
         ax.scatter([i] * len(values), values, color="black", s=10, zorder=3)
-    ax.set_xticks(range(len(cells)), [cell_label(c.keys) for c in cells], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(f"{label} (%), mean and 95% interval over seeds")
-    ax.set_title(f"{title}: {label} per configuration", fontsize=10)
+    ax.set_xticks(range(len(cells)), ["/".join(str(v) for v in c.keys.values()) or "all runs" for c in cells],
+                  rotation=30 if len(cells) > 6 else 0, ha="right" if len(cells) > 6 else "center", fontsize=8)
+    ax.set_xlabel("configuration (" + "/".join(k.rsplit(".", 1)[-1] for k in cells[0].keys) + ")")
+    ax.set_ylabel(f"{label} (%)")
+    ax.set_title(f"{title}: {label}, mean and 95% interval over seeds (dots: seeds)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
