@@ -242,15 +242,18 @@ def test_every_task_fine_tunes_and_evaluates_for_every_method(tiny_config, metho
     assert json.loads((directory.path / "results.json").read_text())["downstream"].keys() == down.keys()
 
 
-def test_vqa_classification_head_and_a_finished_task_is_not_run_again(tiny_config, capsys):
+def test_vqa_classification_head_and_a_finished_task_is_not_run_again(tiny_config, tmp_path, capsys):
     from vlpbench.cli import main
     cfg = downstream_config(tiny_config, "albef", tasks=["vqa"], vqa={"head": "classification"})
     directory, results = run(cfg)
     assert results["downstream"]["vqa"]["head"] == "classification"
     before = (directory.path / "downstream" / "vqa" / "results.json").read_text()
-    assert main(["downstream", str(directory.path), "--tasks", "vqa,snli_ve"]) == 0
+    settings = tmp_path / "settings.yaml"  # another experiment's task settings (--settings)
+    task = cfg["downstream"]["snli_ve"]
+    settings.write_text(json.dumps({"downstream": {"snli_ve": {**task, "train": {**task["train"], "steps": 1}}}}))
+    assert main(["downstream", str(directory.path), "--tasks", "vqa,snli_ve", "--settings", str(settings)]) == 0
     assert (directory.path / "downstream" / "vqa" / "results.json").read_text() == before
-    assert "snli_ve" in json.loads((directory.path / "results.json").read_text())["downstream"]
+    assert json.loads((directory.path / "results.json").read_text())["downstream"]["snli_ve"]["train"]["steps"] == 1
     assert main(["downstream", str(directory.path), "-o", "train.steps=5"]) == 2
     assert "only downstream.* settings" in capsys.readouterr().err
 
