@@ -186,3 +186,27 @@ def test_region_boxes_are_read_from_boxes_or_phrases_and_bad_ones_are_named(tmp_
     ann.write_text(json.dumps([{"image": name, "caption": "x", "boxes": [[1, 2, 3]]}]))
     with pytest.raises(DatasetError, match=r"ann.json: record 0: 'boxes' must be a list of \[x, y, w, h\]"):
         load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())
+
+
+def test_downstream_wording_does_not_give_the_label_away():
+    """Each task's text alone must not answer it: yes/no balanced, NLVR2 statements true half the time
+    within each kind, VE entailment and contradiction worded alike."""
+    import random
+    from collections import Counter
+
+    from vlpbench.data import captions as cap
+    from vlpbench.data.scenes import sample_scene
+    from vlpbench.downstream.common import sentence_frame
+    rng = random.Random(0)
+    scenes = [sample_scene(rng, 4) for _ in range(3000)]
+    answers = Counter(a for s in scenes for q, a in cap.vqa_questions(s, rng) if q.startswith("is there"))
+    assert 0.45 < answers["yes"] / sum(answers.values()) < 0.55
+    truth = Counter()
+    for left, right in zip(scenes[::2], scenes[1::2]):
+        statement, label = cap.nlvr_statement(left, right, rng)
+        truth[(cap._kind(statement), label)] += 1
+    for kind in ("more shapes", "both", "exactly one"):
+        assert 0.4 < truth[(kind, True)] / (truth[(kind, True)] + truth[(kind, False)]) < 0.6, kind
+    for scene in scenes[:200]:
+        (entailed, _), (contradicted, _), (neutral, _) = cap.entailment_hypotheses(scene, rng)
+        assert sentence_frame(entailed).replace(" an ", " a ") == sentence_frame(contradicted).replace(" an ", " a ")

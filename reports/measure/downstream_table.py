@@ -4,8 +4,8 @@ and the baselines on the same test records (issue 11's acceptance table).
     python reports/measure/downstream_table.py albef=runs/albef_mini/<run>,runs/albef_random/<run> ...
 
 Each argument is ``label=PRETRAINED_RUN[,RANDOM_RUN]``; a run is read through its downstream.csv.
-Prints a markdown table: per task, pre-trained / random weights, and the chance and strongest
-other baseline of the task (majority class, majority answer, question-type prior).
+Prints a markdown table: per task, pre-trained / random weights, and the baselines of the task
+(chance, majority class or answer, the text-only sentence-frame prior).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 
 HEADLINE = {"retrieval": "r_mean", "vqa": "accuracy", "nlvr2": "accuracy", "snli_ve": "accuracy",
             "grounding": "accuracy"}
-BASELINES = ("chance", "majority_class", "majority_answer", "question_type_prior")
+BASELINES = ("chance", "majority_class", "majority_answer", "sentence_frame_prior")
 
 
 def headline(run: str | None) -> dict[str, pd.Series]:

@@ -131,15 +131,21 @@ def _unique(scene: Scene, key) -> list[SceneObject]:
 
 
 def vqa_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """Counting, colour, shape and yes/no questions; "yes" and "no" are equally likely, so the
+    question alone does not give the answer away."""
     count = len(scene.objects)
     qa = [("how many shapes are there?", NUMBERS[count])]
     for obj in _unique(scene, lambda o: o.shape)[:1]:
         qa.append((f"what color is the {obj.shape}?", obj.color))
     obj = rng.choice(scene.objects)
     qa.append((f"what shape is {where(obj)}?", obj.shape))
-    color, shape = rng.choice(tuple(COLORS)), rng.choice(SHAPES)
-    present = any(o.color == color and o.shape == shape for o in scene.objects)
-    qa.append((f"is there {article(color)} {color} {shape}?", "yes" if present else "no"))
+    if rng.random() < 0.5:
+        target = rng.choice(scene.objects)
+        color, shape, answer = target.color, target.shape, "yes"
+    else:
+        color, shape = rng.choice([(c, s) for c in COLORS for s in SHAPES if not contains(scene, c, s)])
+        answer = "no"
+    qa.append((f"is there {article(color)} {color} {shape}?", answer))
     return qa
 
 
@@ -147,27 +153,54 @@ def contains(scene: Scene, color: str, shape: str) -> bool:
     return any(o.color == color and o.shape == shape for o in scene.objects)
 
 
+def _nlvr_candidates(left: Scene, right: Scene) -> dict[bool, list[str]]:
+    """Every statement of the three kinds about (left, right), by truth."""
+    out = {True: [], False: []}
+    counts = len(left.objects), len(right.objects)
+    if counts[0] != counts[1]:
+        for side, other, more in (("left", "right", counts[0] > counts[1]), ("right", "left", counts[1] > counts[0])):
+            out[more].append(f"the {side} image has more shapes than the {other} image")
+    shapes = [{o.shape for o in scene.objects} for scene in (left, right)]
+    for shape in shapes[0] | shapes[1]:
+        out[shape in shapes[0] and shape in shapes[1]].append(f"both images contain {article(shape)} {shape}")
+    for color in COLORS:
+        for shape in SHAPES:  # false where both images or neither holds it
+            inside = contains(left, color, shape), contains(right, color, shape)
+            out[inside[0] != inside[1]].append(f"exactly one image contains {article(color)} {color} {shape}")
+    return out
+
+
 def nlvr_statement(left: Scene, right: Scene, rng: random.Random) -> tuple[str, bool]:
-    kind = rng.randrange(3)
-    if kind == 0:
-        return "the left image has more shapes than the right image", len(left.objects) > len(right.objects)
-    obj = rng.choice(left.objects + right.objects)
-    if kind == 1:
-        return (f"both images contain {article(obj.color)} {obj.color} {obj.shape}",
-                contains(left, obj.color, obj.shape) and contains(right, obj.color, obj.shape))
-    return (f"exactly one image contains {article(obj.color)} {obj.color} {obj.shape}",
-            contains(left, obj.color, obj.shape) != contains(right, obj.color, obj.shape))
+    """A statement about two images: a kind of statement that can be both true and false of this
+    pair, then true or false with equal probability, so that its wording does not give its truth
+    away ("the left" and "the right" count as one kind)."""
+    candidates = _nlvr_candidates(left, right)
+    kinds = {truth: {_kind(c) for c in candidates[truth]} for truth in (True, False)}
+    either = sorted(kinds[True] & kinds[False])
+    if either:
+        kind, truth = rng.choice(either), rng.random() < 0.5
+    else:  # rare: the two images hold the same objects, and every statement is of one truth
+        truth = bool(candidates[True])
+        kind = rng.choice(sorted(kinds[truth]))
+    return rng.choice([c for c in candidates[truth] if _kind(c) == kind]), truth
+
+
+def _kind(statement: str) -> str:
+    return {"the": "more shapes", "both": "both", "exactly": "exactly one"}[statement.split()[0]]
 
 
 NEUTRAL_PREDICATES = ("is made of wood", "is moving", "was drawn by a child", "is heavy", "is new")
 
 
 def entailment_hypotheses(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """One hypothesis of each label. Entailment and contradiction share their wording (a true or a
+    wrong colour at the object's place), so only the image separates them; a neutral hypothesis
+    states what no image shows, which its wording reveals."""
     obj = rng.choice(scene.objects)
     wrong = rng.choice([c for c in COLORS if c != obj.color])
     return [
         (f"there is {article(obj.color)} {obj.color} {obj.shape} {where(obj)}", "entailment"),
-        (f"the {obj.shape} {where(obj)} is {wrong}", "contradiction"),
+        (f"there is {article(wrong)} {wrong} {obj.shape} {where(obj)}", "contradiction"),
         (f"the {obj.color} {obj.shape} {rng.choice(NEUTRAL_PREDICATES)}", "neutral"),
     ]
 

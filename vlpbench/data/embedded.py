@@ -28,7 +28,7 @@ from vlpbench.data import captions as cap
 from vlpbench.data.scenes import Scene, render, sample_scene
 from vlpbench.io import build_folder_atomically, write_json
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 TEST_CAPTIONS_PER_IMAGE = 5
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vlpbench.config import AnnotationSource, ExperimentConfig, TaskConfig
+from vlpbench.data.captions import CONTENT_WORDS
 from vlpbench.data.datasets import SkipReport, load_image, load_records
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.data.transforms import ImageTransform
@@ -82,6 +83,22 @@ def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
 def majority_share(labels: list) -> float:
     """Accuracy (percent) of always answering the most frequent label."""
     return 100.0 * Counter(labels).most_common(1)[0][1] / len(labels)
+
+
+def sentence_frame(text: str) -> str:
+    """The text with the embedded lexicon's content words (colours, shapes, counts, positions, ...)
+    blanked: what a guess that never looks at the image can key on."""
+    return " ".join("_" if word in CONTENT_WORDS else word for word in text.lower().rstrip("?").split())
+
+
+def frame_prior(train: list[tuple[str, object]], test: list[str]) -> list:
+    """For each test text, the most frequent training label of its sentence frame (unseen frames:
+    the most frequent label overall): a text-only baseline."""
+    by_frame: dict[str, Counter] = {}
+    for text, label in train:
+        by_frame.setdefault(sentence_frame(text), Counter())[label] += 1
+    overall = Counter(label for _, label in train).most_common(1)[0][0]
+    return [by_frame[f].most_common(1)[0][0] if (f := sentence_frame(t)) in by_frame else overall for t in test]
 
 
 class DownstreamTask(abc.ABC):

@@ -6,6 +6,7 @@ Records (ALBEF format): ``{image, sentence, label}``, label one of the three nam
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from vlpbench.data.datasets import RecordError, check_image, text_field
 from vlpbench.downstream.common import (ClassifierHead, DownstreamTask, KeyedDataset, TaskBatch, TaskModel, accuracy,
-                                        fuse_batch, majority_share)
+                                        frame_prior, fuse_batch, majority_share)
 from vlpbench.method import Progress, VLPMethod
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -62,8 +63,12 @@ class ClassificationTask(DownstreamTask):
     parse: staticmethod
     num_classes: int
 
+    @functools.cached_property
+    def train_records(self) -> list:
+        return self.open_records("train", type(self).parse)
+
     def train_dataset(self) -> KeyedDataset:
-        return KeyedDataset(self.open_records("train", type(self).parse), self.item)
+        return KeyedDataset(self.train_records, self.item)
 
     def collate(self, items: list) -> TaskBatch:
         images, sentences, labels = zip(*items)
@@ -76,9 +81,11 @@ class ClassificationTask(DownstreamTask):
         predicted = torch.cat([model.logits(self.collate([self.item(r) for r in chunk]).to(device)).argmax(1).cpu()
                                for chunk in self.eval_batches(records)])
         labels = torch.tensor([r.label for r in records])
+        blind = frame_prior([(r.sentence, r.label) for r in self.train_records], [r.sentence for r in records])
         return {"metrics": {"accuracy": accuracy(predicted, labels)},
                 "baselines": {"chance": {"accuracy": 100.0 / self.num_classes},
-                              "majority_class": {"accuracy": majority_share(labels.tolist())}},
+                              "majority_class": {"accuracy": majority_share(labels.tolist())},
+                              "sentence_frame_prior": {"accuracy": accuracy(torch.tensor(blind), labels)}},
                 "num_test": len(records)}
 
 

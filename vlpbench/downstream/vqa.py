@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from vlpbench.config import ConfigError
 from vlpbench.data.datasets import RecordError, check_image, text_field
-from vlpbench.downstream.common import ClassifierHead, DownstreamTask, KeyedDataset, TaskBatch, TaskModel, fuse_batch
+from vlpbench.downstream.common import (ClassifierHead, DownstreamTask, KeyedDataset, TaskBatch, TaskModel,
+                                        frame_prior, fuse_batch)
 from vlpbench.method import Progress, VLPMethod
 from vlpbench.zoo.answer_decoder import AnswerDecoder, rank_candidates
 
@@ -57,10 +58,6 @@ def parse_vqa(record, root: Path, source: str, verify_images: bool) -> VQARecord
                           "locally)", f"got {record.get('answer')!r}")
     return VQARecord(check_image(record.get("image"), root, verify_images), question,
                      [normalise(a) for a in answers])
-
-
-def question_type(question: str) -> str:
-    return " ".join(question.lower().split()[:2])
 
 
 class VQAClassifier(TaskModel):
@@ -183,17 +180,14 @@ class VQATask(DownstreamTask):
 
     def baselines(self, records: list[VQARecord], scores: list[dict[str, float]]) -> dict:
         """Chance (a uniform pick from the answer list), the most frequent training answer, and the
-        most frequent training answer per question type (its first two words): the language prior."""
+        most frequent training answer of the question's sentence frame: the language prior."""
         majority = Counter(a for r in self.train_records for a in r.answers).most_common(1)[0][0]
-        by_type: dict[str, Counter] = {}
-        for r in self.train_records:
-            by_type.setdefault(question_type(r.question), Counter()).update(r.answers)
-        prior = [by_type[question_type(r.question)].most_common(1)[0][0] if question_type(r.question) in by_type
-                 else majority for r in records]
+        prior = frame_prior([(r.question, a) for r in self.train_records for a in r.answers],
+                            [r.question for r in records])
         chance = 100.0 * sum(sum(s.get(a, 0.0) for a in self.answers) / len(self.answers) for s in scores) / len(scores)
         return {"chance": {"accuracy": chance},
                 "majority_answer": {"accuracy": _mean_score([majority] * len(records), scores)},
-                "question_type_prior": {"accuracy": _mean_score(prior, scores)}}
+                "sentence_frame_prior": {"accuracy": _mean_score(prior, scores)}}
 
 
 def _mean_score(predicted: list[str], scores: list[dict[str, float]]) -> float:
