@@ -258,8 +258,13 @@ def test_vqa_classification_head_and_a_finished_task_is_not_run_again(tiny_confi
     assert "only downstream.* settings" in capsys.readouterr().err
 
 
-def test_without_pretraining_tasks_start_from_the_initial_weights(tiny_config):
+def test_without_pretraining_tasks_start_from_the_initial_weights(tiny_config, tmp_path, capsys):
+    from vlpbench.cli import main
     cfg = downstream_config(tiny_config, "albef", tasks=["snli_ve"])
+    (tmp_path / "exp.yaml").write_text(json.dumps(cfg))
+    assert main(["run", str(tmp_path / "exp.yaml"), "-o", "pretrain=false"]) == 0
+    out = capsys.readouterr().out
+    assert "no pre-training (pretrain: false)" in out and "snli_ve" in out.split("downstream tasks:")[1]
     directory, results = run({**cfg, "pretrain": False})
     assert results["train"]["steps"] == 0 and results["train"]["pretrain"] is False
     assert [p.name for p in directory.checkpoint_paths()] == ["step_00000000.pt"]

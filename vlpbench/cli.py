@@ -154,12 +154,19 @@ def report_run(cfg, run, results: dict) -> None:
     if not results["complete"]:
         print(f"stopped at step {train['steps']} of {cfg.train.steps}; continue with: vlpbench run --resume {run.path}")
         return
-    print(f"\npre-trained {cfg.method.name} for {train['steps']} steps in {train['seconds']}s "
-          f"({train['samples_per_s']} samples/s)")
+    if cfg.pretrain:
+        print(f"\npre-trained {cfg.method.name} for {train['steps']} steps in {train['seconds']}s "
+              f"({train['samples_per_s']} samples/s)")
+    else:
+        print(f"\nno pre-training (pretrain: false): {cfg.method.name} at its initial weights")
     if "retrieval" in results:
         r = results["retrieval"]
         print(f"zero-shot retrieval on {r['num_images']} images / {r['num_texts']} texts ({r['ranking']}):")
         print(format_retrieval_table(retrieval_rows(results)))
+    if "downstream" in results:
+        from vlpbench.downstream.runner import results_table
+        print("\ndownstream tasks:\n" + results_table(results["downstream"]).to_string(
+            index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nresults: {run.path / 'results.json'}")
 
 
