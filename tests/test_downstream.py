@@ -5,6 +5,7 @@ fine-tuned end to end from a pre-trained run for every method."""
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from vlpbench.config import ConfigError, config_from_dict
 from vlpbench.data.datasets import DatasetError
 from vlpbench.downstream.vqa import answer_scores
 from vlpbench.gradcam import box_iou, box_scores, cross_attention_gradcam
+from vlpbench.io import write_json
 from vlpbench.losses import multi_positive_contrastive_loss, negative_sampling_weights
 from vlpbench.pipeline import build_method
 from vlpbench.zoo.answer_decoder import rank_candidates
@@ -221,7 +223,7 @@ def test_a_bad_vqa_record_names_the_file_the_record_and_the_problem(tiny_config,
     with pytest.raises(DatasetError, match=r"vqa_bad.json: record 3: 'answer' must be .*downstream.vqa.data.train"):
         run(cfg)
     cfg["data"]["on_bad_record"] = "skip"
-    directory, results = run(cfg)
+    _, results = run(cfg)
     assert results["downstream"]["vqa"]["skipped_records"]["total"] == 1
 
 
@@ -254,6 +256,11 @@ def test_vqa_classification_head_and_a_finished_task_is_not_run_again(tiny_confi
     assert main(["downstream", str(directory.path), "--tasks", "vqa,snli_ve", "--settings", str(settings)]) == 0
     assert (directory.path / "downstream" / "vqa" / "results.json").read_text() == before
     assert json.loads((directory.path / "results.json").read_text())["downstream"]["snli_ve"]["train"]["steps"] == 1
+    interrupted = json.loads((directory.path / "results.json").read_text())  # stopped before recording
+    write_json(directory.path / "results.json", {k: v for k, v in interrupted.items() if k != "downstream"})
+    assert main(["downstream", str(directory.path), "--tasks", "snli_ve"]) == 0
+    table = pd.read_csv(directory.path / "downstream.csv")
+    assert set(table.task) == {"vqa", "snli_ve"}
     assert main(["downstream", str(directory.path), "-o", "train.steps=5"]) == 2
     assert "only downstream.* settings" in capsys.readouterr().err
 

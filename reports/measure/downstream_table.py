@@ -4,12 +4,15 @@ and the baselines on the same test records (issue 11's acceptance table).
     python reports/measure/downstream_table.py albef=runs/albef_mini/<run>,runs/albef_random/<run> ...
 
 Each argument is ``label=PRETRAINED_RUN[,RANDOM_RUN]``; a run is read through its downstream.csv.
-Prints a markdown table: per task, pre-trained / random weights, and the baselines of the task
-(chance, majority class or answer, the text-only sentence-frame prior).
+Prints a markdown table: per task, pre-trained / random weights with the difference and its 95%
+interval (accuracies: two proportions on the same test size, unpaired and so conservative; the
+retrieval r_mean, an average of six recalls, gets none), and the baselines of the task (chance,
+majority class or answer, the text-only sentence-frame prior).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -28,8 +31,16 @@ def headline(run: str | None) -> dict[str, pd.Series]:
 
 
 def cell(task: str, pretrained: dict, random: dict) -> str:
-    values = [f"{d[task].value:.1f}" if task in d else "-" for d in (pretrained, random)]
-    return " / ".join(values)
+    values = " / ".join(f"{d[task].value:.1f}" if task in d else "-" for d in (pretrained, random))
+    if task not in pretrained or task not in random:
+        return values
+    gain = pretrained[task].value - random[task].value
+    if HEADLINE[task] != "accuracy":
+        return f"{values} ({gain:+.1f})"
+    n = pretrained[task].num_test
+    half_width = 1.96 * 100 * math.sqrt(sum(p * (1 - p) / n for p in (pretrained[task].value / 100,
+                                                                     random[task].value / 100)))
+    return f"{values} ({gain:+.1f} ± {half_width:.1f})"
 
 
 def baseline_cell(task: str, rows: list[dict]) -> str:

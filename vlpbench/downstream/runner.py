@@ -105,9 +105,13 @@ def results_table(results: dict) -> pd.DataFrame:
 
 
 def record_results(run: RunDir, results: dict) -> None:
+    """Adds ``results`` to the run's ``results.json`` and ``downstream.csv``, together with every task
+    finished before, also by a session stopped before it could record them."""
     results_file = run.path / "results.json"
     summary = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    summary["downstream"] = {**summary.get("downstream", {}), **results}
+    finished = {path.parent.name: json.loads(path.read_text())
+                for path in sorted((run.path / "downstream").glob("*/results.json"))}
+    summary["downstream"] = {**summary.get("downstream", {}), **finished, **results}
     write_json(results_file, summary)
     table = results_table(summary["downstream"])
     write_text(run.path / "downstream.csv", table.to_csv(index=False))
