@@ -64,3 +64,23 @@ def test_each_process_takes_its_share_of_the_same_global_batch():
 def test_a_single_process_is_not_wrapped():
     model = PerSampleRegression()
     assert distributed.wrap(model) is model and distributed.world_size() == 1 and distributed.is_main()
+
+
+SLURM_TASK_6_OF_8 = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8",
+                     "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "4",
+                     "SLURM_JOB_NODELIST": "gpu[07-10]"}
+
+
+def test_a_slurm_task_finds_rank_world_size_and_the_first_node_through_submitit(monkeypatch, tmp_path):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                 "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path))
+    for name, value in SLURM_TASK_6_OF_8.items():
+        monkeypatch.setenv(name, value)
+    # global rank 5 of 8, second task on its node; every task meets on gpu07, port 20000 + job id
+    assert distributed.rendezvous_from_environment() == distributed.Rendezvous(5, 8, 1, "gpu07", 24242)
+    monkeypatch.setenv("RANK", "3")  # torchrun's variables, where present, win
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("MASTER_ADDR", "node-a")
+    assert distributed.rendezvous_from_environment() == distributed.Rendezvous(3, 4, 0, "node-a", 29500)
