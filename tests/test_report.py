@@ -60,6 +60,16 @@ def test_cells_hold_the_mean_std_interval_and_seed_count(sweep_file):
     assert full["runs"] == "3/3 seeds" and partial["runs"] == "2/3 seeds (1 new)"
 
 
+def test_without_report_rows_a_sweep_has_one_row_per_swept_configuration(sweep_file):
+    experiment = yaml.safe_load(sweep_file.read_text())
+    experiment["report"] = {"flops": False}
+    sweep_file.write_text(yaml.safe_dump(experiment))
+    _, _, report, records = gather(sweep_file)
+    assert report.rows == ["method.alpha"]
+    table = main_table(cells_of(records), report).set_index("alpha")
+    assert list(table["r_mean n"]) == [3, 2] and list(table["r_mean mean"]) == [pytest.approx(32.0), pytest.approx(42.0)]
+
+
 def test_a_missing_cell_shows_as_missing_with_its_state(sweep_file, tmp_path):
     for run_dir in (tmp_path / "runs" / "tiny").glob("alpha=0.4*"):
         (run_dir / "results.json").unlink()

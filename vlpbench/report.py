@@ -48,7 +48,7 @@ class ReferenceConfig(StrictModel):
 
 
 class ReportConfig(StrictModel):
-    rows: list[str] = []
+    rows: list[str] = []              # default, in a sweep: its grid and zip keys
     columns: list[str] = []
     metrics: dict[str, str] = {"retrieval.itm.r_mean": "r_mean"}
     reference: list[ReferenceConfig] = []  # published tables this experiment reproduces
@@ -123,6 +123,8 @@ def gather(target: str | Path, overrides: list[str] = ()) -> tuple[str, Path, Re
         experiment = target
     report = read_report_config(experiment)
     sweep = load_sweep(experiment, list(overrides))
+    if sweep is not None and not (report.rows or report.columns):  # one row per swept configuration
+        report = report.model_copy(update={"rows": swept_keys(sweep)})
     if sweep is not None:
         planned = [(run.run_id, sweep.run_dir(run), run.config) for run in sweep.runs]
         name = sweep.name
@@ -139,6 +141,11 @@ def gather(target: str | Path, overrides: list[str] = ()) -> tuple[str, Path, Re
         keys = {key: config_value(config, key) for key in report.rows + report.columns}
         records.append(RunRecord(run_id, run_dir, keys, config.seed, state, results, config))
     return name, experiment, report, records
+
+
+def swept_keys(sweep) -> list[str]:
+    """The config keys a sweep varies (its grid and zip keys; seeds are what a cell averages over)."""
+    return [override.split("=", 1)[0] for override in sweep.runs[0].overrides if not override.startswith("seed=")]
 
 
 def cells_of(records: list[RunRecord]) -> list[Cell]:
