@@ -113,6 +113,22 @@ def test_an_interrupted_sweep_run_resumes_from_its_checkpoint(tiny_config, tmp_p
     assert (run_dir / "env_resumed_at_00000002.json").is_file()
 
 
+def test_a_run_stopped_during_evaluation_is_not_done_and_resumes_to_evaluate(tiny_config, tmp_path, capsys):
+    tiny_config["train"].update(steps=2, checkpoint_every=2)
+    path = write_sweep(tmp_path, tiny_config, {"seeds": [3]})
+    assert main(["run", str(path)]) == 0
+    run_dir = tmp_path / "runs" / "tiny" / "seed=3"
+    finished = json.loads((run_dir / "results.json").read_text())
+    assert finished["pending"] == [] and "retrieval" in finished and launch.is_done(run_dir)
+    stopped = {k: v for k, v in finished.items() if k != "retrieval"}  # what a kill during evaluation leaves
+    RunDir(run_dir).write_results({**stopped, "pending": ["retrieval"]})
+    assert launch.run_state(run_dir)["state"] == "resumable"
+    assert main(["run", str(path)]) == 0
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["pending"] == [] and "r_mean" in resumed["retrieval"]["itm"]
+    assert resumed["train"] == finished["train"]  # no step trained again: the first session's timing stays
+
+
 def test_changed_sweep_file_does_not_silently_reuse_a_run_directory(tiny_config, tmp_path, capsys):
     path = write_sweep(tmp_path, tiny_config, {"seeds": [0]})
     sweep = load_sweep(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import traceback
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
         curve = LearningCurve(retrieval, cfg.eval.curve_images, tokenizer, cfg.eval.retrieval.batch_size,
                               cfg.data.max_text_len, device)
     if cfg.pretrain:
-        results["train"] = trainer.fit(tokenizer.to_json(), stop_at, curve)
+        earlier = _finished_training(run, cfg, trainer) if resume else None
+        results["train"] = earlier or trainer.fit(tokenizer.to_json(), stop_at, curve)
         results["complete"] = trainer.step == cfg.train.steps
     else:  # the initial weights, checkpointed for evaluation and downstream tasks
         if distributed.is_main():
@@ -95,8 +97,10 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     results["train"]["processes"] = distributed.world_size()
     if not distributed.is_main():  # process 0 writes and evaluates
         return results
-    run.write_results(results)  # the training result is on disk before evaluation starts
-    if retrieval is not None and results["complete"]:
+    due = {"retrieval": retrieval is not None, "downstream": bool(cfg.downstream.tasks)}
+    results["pending"] = [part for part, wanted in due.items() if wanted and results["complete"]]
+    run.write_results(results)  # the training result is on disk before evaluation starts; the run is done
+    if "retrieval" in results["pending"]:  # when nothing is pending (a session stopped in between resumes)
         try:
             results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                       cfg.data.max_text_len, device, contrastive)
@@ -106,11 +110,24 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
             raise EvaluationError(f"training finished and is checkpointed, but retrieval evaluation failed: "
                                   f"{type(exc).__name__}: {exc}. {run.path / 'results.json'} holds the training "
                                   f"result and the traceback; retry with `vlpbench eval {run.path} ...`") from exc
+        results["pending"].remove("retrieval")
         run.write_results(results)
-    if cfg.downstream.tasks and results["complete"]:
+    if "downstream" in results["pending"]:
         from vlpbench.downstream.runner import run_tasks  # the tasks load the pre-trained run as eval does
         results["downstream"] = run_tasks(run, cfg, device, log=log)
+        results["pending"].remove("downstream")
+        run.write_results(results)
     return results
+
+
+def _finished_training(run: RunDir, cfg: ExperimentConfig, trainer: Trainer) -> dict | None:
+    """The training result of an earlier session that finished training but was stopped during
+    evaluation: this session trains no step, so the earlier timing is the run's."""
+    results_file = run.path / "results.json"
+    if trainer.step != cfg.train.steps or not results_file.is_file():
+        return None
+    earlier = json.loads(results_file.read_text()).get("train", {})
+    return earlier if earlier.get("steps") == cfg.train.steps else None
 
 
 def load_trained(target: str | Path, device: torch.device) -> tuple[ExperimentConfig, VLPMethod, TextTokenizer]:

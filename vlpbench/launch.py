@@ -56,7 +56,7 @@ def slurm_state(job: dict) -> str:
 
 def is_done(run_dir: Path) -> bool:
     results = _read_json(run_dir / "results.json")
-    return bool(results and results.get("complete") and "retrieval_error" not in results)
+    return bool(results and results.get("complete") and not results.get("pending") and "retrieval_error" not in results)
 
 
 def run_state(run_dir: Path) -> dict:
