@@ -131,6 +131,7 @@ def test_the_report_holds_every_table_and_plot_it_lists(sweep_file, tmp_path):
     markdown = (out / "report.md").read_text()
     assert all(f"plots/{name}" in markdown for name in plots) and "missing" not in markdown.split("##")[1]
     assert "2/3 seeds (1 new)" in markdown
+    assert f"| 32.00 ± {T_975[2] * 2.0 / math.sqrt(3):.2f} (n=3) |" in markdown  # mean ± half the interval (seeds)
 
 
 def test_a_report_builds_from_the_sweep_directory_too(sweep_file, tmp_path):

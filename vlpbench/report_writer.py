@@ -8,6 +8,7 @@ import base64
 import html
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -65,25 +66,38 @@ def html_table(frame: pd.DataFrame) -> str:
 
 
 def display_table(table: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
-    """The main table as read: per metric ``mean ± half-width of the 95% interval`` (or ``mean``
-    where one seed), then the seed count; cost and state columns as they are."""
+    """The main table as read: per metric one cell, ``mean ± half-width of the 95% interval (n=seeds)``;
+    cost and state columns as they are (the CSV keeps every statistic in its own column)."""
     out = pd.DataFrame()
     keys = [c for c in table.columns if not any(c.startswith(f"{label} ") for label in report.metrics.values())]
     for column in keys[: len(report.rows + report.columns)]:
         out[column] = table[column]
     for label in report.metrics.values():
-        out[label] = [_mean_interval(row, label) for _, row in table.iterrows()]
-        out[f"{label} n"] = table[f"{label} n"]
+        out[label] = [measured_text(row[f"{label} mean"], (row[f"{label} ci95_low"], row[f"{label} ci95_high"]),
+                                    row[f"{label} n"]) for _, row in table.iterrows()]
     for column in keys[len(report.rows + report.columns):]:
         out[column] = table[column]
     return out
 
 
-def _mean_interval(row: pd.Series, label: str) -> str:
-    mean, low, high = row[f"{label} mean"], row[f"{label} ci95_low"], row[f"{label} ci95_high"]
-    if math.isnan(mean):
+def display_reference(side: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
+    """The published table beside the measured one, per metric two cells: the paper's value and
+    the measured ``mean ± half-width (n=seeds)``."""
+    out = pd.DataFrame({"row": side["row"]})
+    for label in dict.fromkeys(c.removesuffix(" (paper)") for c in side.columns if c.endswith(" (paper)")):
+        out[f"{label} (paper)"] = side[f"{label} (paper)"]
+        out[f"{label} (measured)"] = [measured_text(row[f"{label} (measured)"], row[f"{label} 95% CI"], row[f"{label} n"])
+                                      for _, row in side.iterrows()]
+    out["runs"] = side["runs"]
+    return out
+
+
+def measured_text(mean: float, interval: tuple[float, float], n: int) -> str:
+    if not n or math.isnan(mean):
         return "missing"
-    return f"{mean:.2f}" if math.isnan(low) else f"{mean:.2f} ± {(high - low) / 2:.2f}"
+    low, high = interval
+    spread = "" if math.isnan(low) else f" ± {(high - low) / 2:.2f}"
+    return f"{mean:.2f}{spread} (n={int(n)})"
 
 
 def configuration_flops(cells: list[Cell]) -> dict[str, float]:
@@ -132,7 +146,7 @@ def build_report(target: str, output_root: str = "reports", overrides: list[str]
         references.append(reference)
         side = reference_table(cells, report, settings, reference)
         deltas = delta_table(cells, report, settings, reference)
-        tables[reference.name] = (side, side, f"{name} beside {reference.name} (paper)")
+        tables[reference.name] = (side, display_reference(side, report), f"{name} beside {reference.name} (paper)")
         tables[f"{reference.name}_deltas"] = (deltas, deltas, f"{name}: deltas to the baseline row, "
                                                              f"{reference.name} vs measured")
     for key, (raw, shown, caption) in tables.items():
@@ -165,6 +179,11 @@ def make_plots(cells: list[Cell], report: ReportConfig, flops: dict | None, name
     return figures
 
 
+def inline_code(text: str) -> str:
+    """Markdown's `code` spans as HTML <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 class Page:
     """The report as Markdown and as one self-contained HTML page."""
 
@@ -192,7 +211,7 @@ class Page:
         return "\n".join(parts)
 
     def html(self) -> str:
-        body = [f"<h1>{html.escape(self.name)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in self.intro())]
+        body = [f"<h1>{html.escape(self.name)}</h1>", *(f"<p>{inline_code(html.escape(line))}</p>" for line in self.intro())]
         for key, (_, shown, caption) in self.tables.items():
             body += [f'<h2 id="table-{key}">{html.escape(caption)}</h2>', html_table(shown)]
         for title, path in self.figures.items():
