@@ -227,6 +227,19 @@ def test_a_bad_vqa_record_names_the_file_the_record_and_the_problem(tiny_config,
     assert results["downstream"]["vqa"]["skipped_records"]["total"] == 1
 
 
+def test_retrieval_evaluates_on_another_datasets_test_split_for_zero_shot_transfer(tiny_config, tmp_path):
+    from vlpbench.data.embedded import ensure_embedded_dataset
+    cfg = downstream_config(tiny_config, "albef", tasks=["retrieval"])
+    folder = ensure_embedded_dataset(config_from_dict(cfg).data.embedded, log=lambda *a: None)
+    other = tmp_path / "other_test.json"  # another dataset's test split (ALBEF format), here 3 images
+    other.write_text(json.dumps(json.loads((folder / "retrieval_test.json").read_text())[:3]))
+    cfg["downstream"]["retrieval"]["data"] = {"test": {"ann": str(other), "image_root": str(folder)},
+                                              "max_test_records": 6}
+    _, results = run(cfg)
+    retrieval = results["downstream"]["retrieval"]
+    assert retrieval["test"] == [str(other)] and retrieval["num_test"] == 3
+
+
 # ---- end to end ----
 
 @pytest.mark.parametrize("method", sorted(METHODS))
