@@ -97,10 +97,12 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     results["train"]["processes"] = distributed.world_size()
     if not distributed.is_main():  # process 0 writes and evaluates
         return results
+    # `pending`: what is still to run after training. The run is done when it is empty; a session
+    # stopped before then is resumed, and runs it without training again.
     due = {"retrieval": retrieval is not None, "downstream": bool(cfg.downstream.tasks)}
     results["pending"] = [part for part, wanted in due.items() if wanted and results["complete"]]
-    run.write_results(results)  # the training result is on disk before evaluation starts; the run is done
-    if "retrieval" in results["pending"]:  # when nothing is pending (a session stopped in between resumes)
+    run.write_results(results)  # the training result is on disk before evaluation starts
+    if "retrieval" in results["pending"]:
         try:
             results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                       cfg.data.max_text_len, device, contrastive)

@@ -80,7 +80,7 @@ def display_table(table: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
     return out
 
 
-def display_reference(side: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
+def display_reference(side: pd.DataFrame) -> pd.DataFrame:
     """The published table beside the measured one, per metric two cells: the paper's value and
     the measured ``mean ± half-width (n=seeds)``."""
     out = pd.DataFrame({"row": side["row"]})
@@ -146,7 +146,7 @@ def build_report(target: str, output_root: str = "reports", overrides: list[str]
         references.append(reference)
         side = reference_table(cells, report, settings, reference)
         deltas = delta_table(cells, report, settings, reference)
-        tables[reference.name] = (side, display_reference(side, report), f"{name} beside {reference.name} (paper)")
+        tables[reference.name] = (side, display_reference(side), f"{name} beside {reference.name} (paper)")
         tables[f"{reference.name}_deltas"] = (deltas, deltas, f"{name}: deltas to the baseline row, "
                                                              f"{reference.name} vs measured")
     for key, (raw, shown, caption) in tables.items():
