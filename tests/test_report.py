@@ -57,7 +57,7 @@ def test_cells_hold_the_mean_std_interval_and_seed_count(sweep_file):
     partial = table.loc[0.4]
     assert (partial["r_mean n"], partial["r_mean mean"]) == (2, pytest.approx(42.0))
     assert partial["r_mean ci95_high"] - 42.0 == pytest.approx(T_975[1] * math.sqrt(8) / math.sqrt(2))
-    assert full["runs"] == "3/3 seeds" and partial["runs"] == "2/3 seeds (1 new)"
+    assert full["runs"] == "3/3 seeds" and partial["runs"] == "2/3 seeds (1 not started)"
 
 
 def test_without_report_rows_a_sweep_has_one_row_per_swept_configuration(sweep_file):
@@ -76,7 +76,7 @@ def test_a_missing_cell_shows_as_missing_with_its_state(sweep_file, tmp_path):
     _, _, report, records = gather(sweep_file)
     row = main_table(cells_of(records), report).set_index("alpha").loc[0.4]
     assert row["r_mean n"] == 0 and math.isnan(row["r_mean mean"])
-    assert row["runs"] == "0/3 seeds (3 new)"
+    assert row["runs"] == "0/3 seeds (3 not started)"
 
 
 def test_published_rows_and_deltas_sit_beside_the_measured_ones(sweep_file):
@@ -130,7 +130,7 @@ def test_the_report_holds_every_table_and_plot_it_lists(sweep_file, tmp_path):
     assert any("toy_table" in h for h in page.headings)
     markdown = (out / "report.md").read_text()
     assert all(f"plots/{name}" in markdown for name in plots) and "missing" not in markdown.split("##")[1]
-    assert "2/3 seeds (1 new)" in markdown
+    assert "2/3 seeds (1 not started)" in markdown
     assert f"| 32.00 ± {T_975[2] * 2.0 / math.sqrt(3):.2f} (n=3) |" in markdown  # mean ± half the interval (seeds)
 
 

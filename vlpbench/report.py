@@ -37,6 +37,8 @@ from vlpbench.stats import difference_interval, seed_stats
 from vlpbench.summary import _lookup
 from vlpbench.sweep import load_sweep
 
+# launch states as a reader of the report words them
+STATE_WORDS = {"new": "not started"}
 REFERENCE_DIRS = (Path.cwd() / "reports" / "reference", Path(__file__).resolve().parents[1] / "reports" / "reference")
 
 
@@ -83,13 +85,14 @@ class Cell:
         return [v for r in self.done if (v := r.metric(metric)) is not None]
 
     def status(self) -> str:
-        """``3/3 seeds``, or what the missing ones are doing: ``1/3 seeds (1 running, 1 new)``."""
+        """``3/3 seeds``, or what the missing ones are doing: ``1/3 seeds (1 not started, 1 running)``."""
         waiting: dict[str, int] = {}
         for run in self.runs:
             if run not in self.done:
                 waiting[run.state] = waiting.get(run.state, 0) + 1
         text = f"{len(self.done)}/{len(self.runs)} seeds"
-        return text + (" (" + ", ".join(f"{n} {s}" for s, n in sorted(waiting.items())) + ")" if waiting else "")
+        words = [f"{n} {STATE_WORDS.get(s, s)}" for s, n in sorted(waiting.items())]
+        return text + (" (" + ", ".join(words) + ")" if waiting else "")
 
 
 def read_report_config(path: Path) -> ReportConfig:
