@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from vlpbench import report as report_module
-from vlpbench.report import cells_of, delta_table, gather, main_table, read_reference, reference_table
+from vlpbench.config import ConfigError
+from vlpbench.report import (cells_of, delta_table, gather, main_table, measured_delta_table, read_reference,
+                             reference_table)
 from vlpbench.report_writer import build_report, latex
 from vlpbench.rundir import RunDir
 from vlpbench.stats import difference_interval
@@ -97,6 +99,20 @@ def test_published_rows_and_deltas_sit_beside_the_measured_ones(sweep_file):
     assert bool(row["significant"]) == (expected[2] < 0)
 
 
+def test_measured_deltas_to_the_report_baseline_need_no_paper(sweep_file):
+    _, _, report, records = gather(sweep_file)
+    report = report.model_copy(update={"baseline": {"method.alpha": 0.4}, "reference": []})
+    deltas = measured_delta_table(cells_of(records), report)
+    assert deltas["configuration"].tolist() == ["alpha=0.0"]  # the baseline has no delta to itself
+    row = deltas.iloc[0]
+    delta, low, high = difference_interval([40.0, 44.0], [30.0, 32.0, 34.0])
+    assert row["r_mean delta"] == pytest.approx(-10.0) == pytest.approx(delta)  # 32 - 42
+    assert (row["r_mean ci95_low"], row["r_mean ci95_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert bool(row["r_mean significant"]) == (high < 0)
+    with pytest.raises(ConfigError, match=r"report.baseline: \{'method.alpha': 0.7\} matches no configuration"):
+        measured_delta_table(cells_of(records), report.model_copy(update={"baseline": {"method.alpha": 0.7}}))
+
+
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -117,9 +133,12 @@ class _Page(HTMLParser):
 
 
 def test_the_report_holds_every_table_and_plot_it_lists(sweep_file, tmp_path):
+    experiment = yaml.safe_load(sweep_file.read_text())
+    experiment["report"]["baseline"] = {"method.alpha": 0.4}
+    sweep_file.write_text(yaml.safe_dump(experiment))
     out = build_report(str(sweep_file), str(tmp_path / "reports"), log=lambda *a: None)
     tables = sorted(p.stem for p in (out / "tables").glob("*.csv"))
-    assert tables == ["main", "toy_table", "toy_table_deltas"]
+    assert tables == ["deltas", "main", "toy_table", "toy_table_deltas"]
     assert {p.stem for p in (out / "tables").glob("*.tex")} == set(tables)
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots == ["ablation_bars.png", "loss_curves.png"]  # no FLOPs asked for, one row key only
@@ -132,6 +151,8 @@ def test_the_report_holds_every_table_and_plot_it_lists(sweep_file, tmp_path):
     assert all(f"plots/{name}" in markdown for name in plots) and "missing" not in markdown.split("##")[1]
     assert "2/3 seeds (1 not started)" in markdown
     assert f"| 32.00 ± {T_975[2] * 2.0 / math.sqrt(3):.2f} (n=3) |" in markdown  # mean ± half the interval (seeds)
+    delta, low, high = difference_interval([40.0, 44.0], [30.0, 32.0, 34.0])
+    assert f"| alpha=0.0 | {delta:+.2f} [{low:+.2f}, {high:+.2f}]" in markdown  # report.baseline's deltas
 
 
 def test_a_report_builds_from_the_sweep_directory_too(sweep_file, tmp_path):
@@ -181,6 +202,8 @@ def test_shipped_sweeps_name_their_table_and_wall_clock_and_their_reports_resolv
         table = read_reference(reference.table)
         assert set(reference.metrics.values()) <= set(table.rows.columns)
         report_module._baseline_row(reference, table)  # the baseline row exists
+    assert settings.baseline and any(all(report_module._same(value, report_module.config_value(run.config, key))
+                   for key, value in settings.baseline.items()) for run in sweep.runs), "report.baseline is run"
 
 
 def test_pareto_front_keeps_what_nothing_beats_on_cost_and_quality():
@@ -190,7 +213,6 @@ def test_pareto_front_keeps_what_nothing_beats_on_cost_and_quality():
 
 
 def test_report_settings_with_an_unknown_key_name_the_section(tmp_path, tiny_config):
-    from vlpbench.config import ConfigError
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**tiny_config, "report": {"rowz": ["method.alpha"]}}))
     with pytest.raises(ConfigError, match=r"bad.yaml: report: rowz: unknown key"):

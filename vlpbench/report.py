@@ -7,6 +7,7 @@ An experiment file names what its report shows in a ``report`` section::
       rows: [method.image_mask_ratio]         # config keys that label the table's rows
       columns: [method.text_mask_ratio]       # ... and its columns (a heat map with one of each)
       metrics: {retrieval.itm.r_mean: R Mean} # results.json paths -> labels; the first is the headline
+      baseline: {method.image_mask_ratio: 0.5, method.text_mask_ratio: 0.5}  # measured deltas to it
       reference:                              # the published table (reports/reference/<table>.csv)
         table: lightvlp_table5
         metrics: {retrieval.itm.r_mean: overall_r_mean}
@@ -16,7 +17,8 @@ A cell is one configuration: the mean over its finished seeds, the standard devi
 interval of the mean and the seed count; runs that have not finished are listed with their state
 (a report can be built while a sweep runs). For each published row other than the baseline, the
 report compares the published delta to the baseline with the measured one: same sign, and
-whether the measured difference's 95% interval excludes zero.
+whether the measured difference's 95% interval excludes zero. ``report.baseline`` names a measured
+configuration every other one is compared with, metric by metric, with or without a paper.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class ReportConfig(StrictModel):
     columns: list[str] = []
     metrics: dict[str, str] = {"retrieval.itm.r_mean": "r_mean"}
     reference: list[ReferenceConfig] = []  # published tables this experiment reproduces
+    baseline: dict[str, Any] = {}     # the configuration every measured delta is taken against (key -> value)
     flops: bool = True                # GFLOPs per sample of each configuration (vlpbench flops)
 
 
@@ -276,6 +279,33 @@ def delta_table(cells: list[Cell], report: ReportConfig, settings: ReferenceConf
                 row.update({"measured delta": math.nan, "95% CI": (math.nan, math.nan), "same sign": None,
                             "significant": None, "note": "needs >= 2 finished seeds in both cells"})
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def baseline_cell(cells: list[Cell], report: ReportConfig) -> Cell:
+    """The configuration ``report.baseline`` names (its keys are among the rows and columns)."""
+    for cell in cells:
+        if all(key in cell.keys and _same(value, cell.keys[key]) for key, value in report.baseline.items()):
+            return cell
+    known = "; ".join(cell_label(cell.keys) for cell in cells)
+    raise ConfigError(f"report.baseline: {report.baseline} matches no configuration of the report's rows and "
+                      f"columns {report.rows + report.columns} (there are: {known})")
+
+
+def measured_delta_table(cells: list[Cell], report: ReportConfig) -> pd.DataFrame:
+    """Per configuration and metric: the difference to the baseline configuration, its 95% interval
+    (Welch) and whether the interval excludes zero; NaN where either side has fewer than 2 seeds."""
+    base = baseline_cell(cells, report)
+    rows = []
+    for cell in (c for c in cells if c is not base):
+        row = {"configuration": cell_label(cell.keys)}
+        for metric, label in report.metrics.items():
+            ours, theirs = cell.values(metric), base.values(metric)
+            enough = len(ours) >= 2 and len(theirs) >= 2
+            delta, low, high = difference_interval(theirs, ours) if enough else (math.nan,) * 3
+            row.update({f"{label} delta": delta, f"{label} ci95_low": low, f"{label} ci95_high": high,
+                        f"{label} significant": (low > 0 or high < 0) if enough else None})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -16,11 +16,12 @@ import pandas as pd
 import torch
 
 from vlpbench import plots
-from vlpbench.report import (Cell, ReportConfig, cells_of, delta_table, gather, main_table, read_reference,
-                             reference_table)
+from vlpbench.report import (Cell, ReportConfig, baseline_cell, cell_label, cells_of, delta_table, gather,
+                             main_table, measured_delta_table, read_reference, reference_table)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "±": r"$\pm$", "Δ": r"$\Delta$"}
 
 
 def text_of(value) -> str:
@@ -92,6 +93,21 @@ def display_reference(side: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def display_deltas(deltas: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
+    """Per metric one cell: ``delta [low, high]``, starred where the interval excludes zero."""
+    out = pd.DataFrame({"configuration": deltas.get("configuration", [])})
+    for label in report.metrics.values():
+        out[f"{label} Δ"] = [delta_text(row[f"{label} delta"], row[f"{label} ci95_low"], row[f"{label} ci95_high"])
+                             for _, row in deltas.iterrows()]
+    return out
+
+
+def delta_text(delta: float, low: float, high: float) -> str:
+    if math.isnan(delta):
+        return "needs n >= 2 on both sides"
+    return f"{delta:+.2f} [{low:+.2f}, {high:+.2f}]" + (" *" if low > 0 or high < 0 else "")
+
+
 def measured_text(mean: float, interval: tuple[float, float], n: int) -> str:
     if not n or math.isnan(mean):
         return "missing"
@@ -140,6 +156,11 @@ def build_report(target: str, output_root: str = "reports", overrides: list[str]
     flops = configuration_flops(cells) if report.flops else None
     table = main_table(cells, report, flops)
     tables = {"main": (table, display_table(table, report), f"{name}: per configuration, over seeds")}
+    if report.baseline:
+        deltas = measured_delta_table(cells, report)
+        tables["deltas"] = (deltas, display_deltas(deltas, report),
+                            f"{name}: measured difference to {cell_label(baseline_cell(cells, report).keys)} "
+                            "(95% interval, Welch; * the interval excludes 0)")
     references = []
     for settings in report.reference:
         reference = read_reference(settings.table)
