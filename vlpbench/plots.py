@@ -19,7 +19,7 @@ from vlpbench.report import Cell, cell_label  # noqa: E402
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -56,7 +56,8 @@ def flops_vs_quality(cells: list[Cell], flops: dict[str, float], metric: str, la
                 label="Pareto front (fewer FLOPs, higher quality)")
         for x, y, name in means:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.legend(fontsize=8, loc="lower right")
+        # below the axes: inside, it hides whichever points sit in its corner
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax.set_xlabel("training GFLOPs per sample (forward + backward)")
     ax.set_ylabel(f"{label} (%)")
     ax.set_title(f"{title}: quality per FLOP (points: runs)", fontsize=10)
