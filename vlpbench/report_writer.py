@@ -128,8 +128,9 @@ def configuration_flops(cells: list[Cell]) -> dict[str, float]:
     return out
 
 
-def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> dict[str, list[float]] | None:
-    """LightVLP's gate p on the pre-training pairs of the first finished run, by pair kind."""
+def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> tuple[str, dict[str, list[float]]] | None:
+    """LightVLP's gate p on the pre-training pairs of the first finished run, by pair kind, with
+    that run's id."""
     from vlpbench.analysis import matching_separation
     from vlpbench.config import AnnotationSource
     from vlpbench.data.datasets import SkipReport
@@ -144,7 +145,7 @@ def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> dict[str, li
     entries = open_entries(source, cfg, SkipReport())[:max_pairs]
     result = matching_separation(method, entries, tokenizer, image_size_of(cfg.model.vision), cfg.data.max_text_len,
                                  128, torch.device("cpu"), keep_values=True)
-    return result["p_values"]
+    return run.run_id, result["p_values"]
 
 
 def build_report(target: str, output_root: str = "reports", overrides: list[str] = (), log=print) -> Path:
@@ -196,7 +197,9 @@ def make_plots(cells: list[Cell], report: ReportConfig, flops: dict | None, name
     figures["Per configuration"] = plots.ablation_bars(cells, headline, label, name, folder / "ablation_bars.png")
     gate = gate_probabilities(cells)
     if gate:
-        figures["LightVLP gate p"] = plots.gate_histogram(gate, name, folder / "gate_histogram.png")
+        run_id, probabilities = gate
+        figures["LightVLP gate p"] = plots.gate_histogram(probabilities, f"{name}/{run_id}",
+                                                          folder / "gate_histogram.png")
     return figures
 
 
