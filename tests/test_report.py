@@ -11,8 +11,8 @@ import yaml
 
 from vlpbench import report as report_module
 from vlpbench.config import ConfigError
-from vlpbench.report import (cells_of, delta_table, gather, main_table, measured_delta_table, read_reference,
-                             reference_table)
+from vlpbench.report import (baseline_cell, cells_of, delta_table, gather, main_table, measured_delta_table,
+                             read_reference, reference_table)
 from vlpbench.report_writer import build_report, latex
 from vlpbench.rundir import RunDir
 from vlpbench.stats import difference_interval
@@ -102,7 +102,8 @@ def test_published_rows_and_deltas_sit_beside_the_measured_ones(sweep_file):
 def test_measured_deltas_to_the_report_baseline_need_no_paper(sweep_file):
     _, _, report, records = gather(sweep_file)
     report = report.model_copy(update={"baseline": {"method.alpha": 0.4}, "reference": []})
-    deltas = measured_delta_table(cells_of(records), report)
+    cells = cells_of(records)
+    deltas = measured_delta_table(cells, baseline_cell(cells, report), report)
     assert deltas["configuration"].tolist() == ["alpha=0.0"]  # the baseline has no delta to itself
     row = deltas.iloc[0]
     delta, low, high = difference_interval([40.0, 44.0], [30.0, 32.0, 34.0])
@@ -110,7 +111,7 @@ def test_measured_deltas_to_the_report_baseline_need_no_paper(sweep_file):
     assert (row["r_mean ci95_low"], row["r_mean ci95_high"]) == (pytest.approx(low), pytest.approx(high))
     assert bool(row["r_mean significant"]) == (high < 0)
     with pytest.raises(ConfigError, match=r"report.baseline: \{'method.alpha': 0.7\} matches no configuration"):
-        measured_delta_table(cells_of(records), report.model_copy(update={"baseline": {"method.alpha": 0.7}}))
+        baseline_cell(cells, report.model_copy(update={"baseline": {"method.alpha": 0.7}}))
 
 
 class _Page(HTMLParser):

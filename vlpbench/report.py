@@ -253,6 +253,15 @@ def reference_table(cells: list[Cell], report: ReportConfig, settings: Reference
     return pd.DataFrame(rows)
 
 
+def seed_difference(base: list[float], values: list[float]) -> tuple[float, float, float, bool] | None:
+    """``values`` minus ``base`` over seeds: delta, its 95% interval (Welch) and whether the interval
+    excludes zero; None unless both sides have at least 2 seeds."""
+    if len(values) < 2 or len(base) < 2:
+        return None
+    delta, low, high = difference_interval(base, values)
+    return delta, low, high, low > 0 or high < 0
+
+
 def delta_table(cells: list[Cell], report: ReportConfig, settings: ReferenceConfig,
                 reference: Reference) -> pd.DataFrame:
     """Per published row and metric: its delta to the baseline row, the measured delta with its
@@ -270,11 +279,12 @@ def delta_table(cells: list[Cell], report: ReportConfig, settings: ReferenceConf
             base = base_cell.values(metric) if cell and base_cell else []
             row = {"row": _row_name(published, report), "metric": report.metrics.get(metric, metric),
                    "paper delta": paper}
-            if len(ours) >= 2 and len(base) >= 2:
-                delta, low, high = difference_interval(base, ours)
+            difference = seed_difference(base, ours)
+            if difference:
+                delta, low, high, significant = difference
                 row.update({"measured delta": delta, "95% CI": (low, high),
                             "same sign": (delta > 0) == (paper > 0) if paper and delta else None,
-                            "significant": low > 0 or high < 0})
+                            "significant": significant})
             else:
                 row.update({"measured delta": math.nan, "95% CI": (math.nan, math.nan), "same sign": None,
                             "significant": None, "note": "needs >= 2 finished seeds in both cells"})
@@ -292,19 +302,17 @@ def baseline_cell(cells: list[Cell], report: ReportConfig) -> Cell:
                       f"columns {report.rows + report.columns} (there are: {known})")
 
 
-def measured_delta_table(cells: list[Cell], report: ReportConfig) -> pd.DataFrame:
-    """Per configuration and metric: the difference to the baseline configuration, its 95% interval
+def measured_delta_table(cells: list[Cell], base: Cell, report: ReportConfig) -> pd.DataFrame:
+    """Per configuration and metric: the difference to the ``base`` configuration, its 95% interval
     (Welch) and whether the interval excludes zero; NaN where either side has fewer than 2 seeds."""
-    base = baseline_cell(cells, report)
     rows = []
     for cell in (c for c in cells if c is not base):
         row = {"configuration": cell_label(cell.keys)}
         for metric, label in report.metrics.items():
-            ours, theirs = cell.values(metric), base.values(metric)
-            enough = len(ours) >= 2 and len(theirs) >= 2
-            delta, low, high = difference_interval(theirs, ours) if enough else (math.nan,) * 3
+            delta, low, high, significant = seed_difference(base.values(metric), cell.values(metric)) or \
+                (math.nan, math.nan, math.nan, None)
             row.update({f"{label} delta": delta, f"{label} ci95_low": low, f"{label} ci95_high": high,
-                        f"{label} significant": (low > 0 or high < 0) if enough else None})
+                        f"{label} significant": significant})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -97,15 +97,15 @@ def display_deltas(deltas: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
     """Per metric one cell: ``delta [low, high]``, starred where the interval excludes zero."""
     out = pd.DataFrame({"configuration": deltas.get("configuration", [])})
     for label in report.metrics.values():
-        out[f"{label} Δ"] = [delta_text(row[f"{label} delta"], row[f"{label} ci95_low"], row[f"{label} ci95_high"])
-                             for _, row in deltas.iterrows()]
+        out[f"{label} Δ"] = [delta_text(row[f"{label} delta"], row[f"{label} ci95_low"], row[f"{label} ci95_high"],
+                                        row[f"{label} significant"]) for _, row in deltas.iterrows()]
     return out
 
 
-def delta_text(delta: float, low: float, high: float) -> str:
+def delta_text(delta: float, low: float, high: float, significant: bool | None) -> str:
     if math.isnan(delta):
         return "needs n >= 2 on both sides"
-    return f"{delta:+.2f} [{low:+.2f}, {high:+.2f}]" + (" *" if low > 0 or high < 0 else "")
+    return f"{delta:+.2f} [{low:+.2f}, {high:+.2f}]" + (" *" if significant else "")
 
 
 def measured_text(mean: float, interval: tuple[float, float], n: int) -> str:
@@ -158,10 +158,11 @@ def build_report(target: str, output_root: str = "reports", overrides: list[str]
     table = main_table(cells, report, flops)
     tables = {"main": (table, display_table(table, report), f"{name}: per configuration, over seeds")}
     if report.baseline:
-        deltas = measured_delta_table(cells, report)
-        tables["deltas"] = (deltas, display_deltas(deltas, report),
-                            f"{name}: measured difference to {cell_label(baseline_cell(cells, report).keys)} "
-                            "(95% interval, Welch; * the interval excludes 0)")
+        base = baseline_cell(cells, report)
+        deltas = measured_delta_table(cells, base, report)
+        caption = (f"{name}: measured difference to {cell_label(base.keys)} "
+                   "(95% interval, Welch; * the interval excludes 0)")
+        tables["deltas"] = (deltas, display_deltas(deltas, report), caption)
     references = []
     for settings in report.reference:
         reference = read_reference(settings.table)
