@@ -49,6 +49,9 @@ class EPICConfig(MethodConfig):
     generator: Literal["fine_tune", "fixed"] = "fine_tune"
     saliency_teacher: str | None = None
 
+    def cross_attention_layers(self, experiment) -> int:
+        return self.base.cross_attention_layers(experiment)
+
     @field_validator("base", mode="before")
     @classmethod
     def _base_config(cls, value: Any) -> MethodConfig:

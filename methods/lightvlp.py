@@ -64,6 +64,9 @@ class LightVLPConfig(MethodConfig):
     itc: bool = True
     itm: bool = True
 
+    def cross_attention_layers(self, experiment) -> int:
+        return self.cross_layers
+
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
         if self.itc:

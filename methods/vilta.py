@@ -66,6 +66,9 @@ class ViLTAConfig(MethodConfig):
     random_image_negatives: bool = True  # METER's negatives stay beside the synthetic ones (open in the paper)
     content_words: Literal["embedded", "pos"] = "embedded"
 
+    def cross_attention_layers(self, experiment) -> int:
+        return self.fusion_layers
+
     def has_contrastive_embedding(self) -> bool:
         return False
 

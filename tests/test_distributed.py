@@ -84,3 +84,53 @@ def test_a_slurm_task_finds_rank_world_size_and_the_first_node_through_submitit(
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("MASTER_ADDR", "node-a")
     assert distributed.rendezvous_from_environment() == distributed.Rendezvous(3, 4, 0, "node-a", 29500)
+
+
+class CollectiveRecorder:
+    """Stands in for torch.distributed's collectives: records the device of every tensor each
+    receives (the tensors are on the meta device, so nothing is computed)."""
+
+    def __init__(self):
+        self.devices: list[tuple[str, torch.device]] = []
+
+    def record(self, name):
+        def collective(tensor_or_list, *more, **kwargs):
+            tensors = tensor_or_list if isinstance(tensor_or_list, list) else [tensor_or_list]
+            tensors += [t for t in more if isinstance(t, torch.Tensor)]
+            self.devices += [(name, t.device) for t in tensors]
+        return collective
+
+
+def test_every_collective_takes_its_tensors_on_the_training_device(monkeypatch):
+    """Issue 20.6: any_process all-reduced a CPU tensor, which a NCCL group refuses. A process
+    training on device D (here meta, which CPU-only CI has) must hand every collective tensors on D."""
+    from vlpbench.momentum import gather_from_all_processes
+    recorder = CollectiveRecorder()
+    monkeypatch.setattr(distributed, "_device", torch.device("meta"))
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce"):
+        monkeypatch.setattr(dist, name, recorder.record(name))
+    try:
+        distributed.any_process(True)  # stop agreement
+    except (NotImplementedError, RuntimeError):  # reading a meta tensor's value; the collective was recorded
+        pass
+    logged = {"loss": torch.ones((), device="meta"), "grad_norm": 0.5}  # loss averages, a float among them
+    distributed.mean_across_processes(logged)
+    gather_from_all_processes(torch.ones(4, 3, device="meta"))  # queue gathers
+    assert {name for name, _ in recorder.devices} == {"all_reduce", "all_gather"}
+    assert all(device.type == "meta" for _, device in recorder.devices), recorder.devices
+
+
+def test_a_cuda_process_group_has_a_cpu_and_a_cuda_backend(monkeypatch):
+    chosen = {}
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: chosen.update(index=index))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: chosen.update(backend=backend))
+    monkeypatch.setattr(distributed, "_device", distributed._device)  # restored afterwards
+    distributed.initialize(torch.device("cuda"))
+    assert chosen == {"index": 0, "backend": "cpu:gloo,cuda:nccl"}
+    assert distributed.device() == torch.device("cuda", 0)

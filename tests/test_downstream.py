@@ -265,13 +265,14 @@ def test_vqa_classification_head_and_a_finished_task_is_not_run_again(tiny_confi
     before = (directory.path / "downstream" / "vqa" / "results.json").read_text()
     settings = tmp_path / "settings.yaml"  # another experiment's task settings (--settings)
     task = cfg["downstream"]["snli_ve"]
-    settings.write_text(json.dumps({"downstream": {"snli_ve": {**task, "train": {**task["train"], "steps": 1}}}}))
+    settings.write_text(json.dumps({"downstream": {"vqa": cfg["downstream"]["vqa"],  # vqa as it was trained
+                                                   "snli_ve": {**task, "train": {**task["train"], "steps": 1}}}}))
     assert main(["downstream", str(directory.path), "--tasks", "vqa,snli_ve", "--settings", str(settings)]) == 0
     assert (directory.path / "downstream" / "vqa" / "results.json").read_text() == before
     assert json.loads((directory.path / "results.json").read_text())["downstream"]["snli_ve"]["train"]["steps"] == 1
     interrupted = json.loads((directory.path / "results.json").read_text())  # stopped before recording
     write_json(directory.path / "results.json", {k: v for k, v in interrupted.items() if k != "downstream"})
-    assert main(["downstream", str(directory.path), "--tasks", "snli_ve"]) == 0
+    assert main(["downstream", str(directory.path), "--tasks", "snli_ve", "--settings", str(settings)]) == 0
     table = pd.read_csv(directory.path / "downstream.csv")
     assert set(table.task) == {"vqa", "snli_ve"}
     assert main(["downstream", str(directory.path), "-o", "train.steps=5"]) == 2

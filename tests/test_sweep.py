@@ -132,12 +132,29 @@ def test_a_run_stopped_during_evaluation_is_not_done_and_resumes_to_evaluate(tin
 def test_changed_sweep_file_does_not_silently_reuse_a_run_directory(tiny_config, tmp_path, capsys):
     path = write_sweep(tmp_path, tiny_config, {"seeds": [0]})
     sweep = load_sweep(path)
-    cfg = sweep.runs[0].config
-    RunDir.create(cfg, run_id="seed=0")
+    RunDir.create(sweep.runs[0].config, run_id="seed=0")
     tiny_config["train"]["lr"] = 5e-4
     path = write_sweep(tmp_path, tiny_config, {"seeds": [0]})
-    assert main(["run", str(path)]) == 1
-    assert "started with another config" in json.loads((sweep.run_dir(sweep.runs[0]) / "failed.json").read_text())["error"]
+    assert main(["run", str(path)]) == 2
+    assert "seed=0 (new): train.lr: 0.001 -> 0.0005" in capsys.readouterr().err
+    assert not (sweep.run_dir(sweep.runs[0]) / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_a_finished_run_is_not_reused_by_a_sweep_rerun_with_another_override(tiny_config, tmp_path, capsys):
+    """Issue 20.1: a re-run with -o train.steps=3 read every run as done and rewrote summary.json."""
+    path = write_sweep(tmp_path, tiny_config, {"seeds": [0, 1]})
+    assert main(["run", str(path)]) == 0
+    sweep = load_sweep(path)
+    summary = (sweep.directory / "summary.json").read_text()
+    stamps = [(sweep.run_dir(r) / "results.json").stat().st_mtime_ns for r in sweep.runs]
+    capsys.readouterr()
+    assert main(["run", str(path), "-o", "train.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "2 run directories" in err
+    assert "seed=0 (done): train.steps: 4 -> 3" in err and "seed=1 (done): train.steps: 4 -> 3" in err
+    assert (sweep.directory / "summary.json").read_text() == summary
+    assert [(sweep.run_dir(r) / "results.json").stat().st_mtime_ns for r in sweep.runs] == stamps
+    assert main(["run", str(path), "-o", "train.steps=3", "-o", "name=tiny_3steps"]) == 0  # a new name: new runs
 
 
 def _write_one_run(args) -> None:

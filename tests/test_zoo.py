@@ -57,7 +57,8 @@ def test_vision_weights_round_trip_through_safetensors(tmp_path):
     encoder = create_vision_encoder("vit_mini", image_size=32).eval()
     save_file(encoder.vit.state_dict(), str(tmp_path / "vit.safetensors"))
     loaded = create_vision_encoder("vit_mini", pretrained=str(tmp_path / "vit.safetensors"), image_size=32).eval()
-    assert loaded.load_report == {"missing": [], "unexpected": []}
+    assert loaded.load_report["missing"] == [] and loaded.load_report["unexpected"] == []
+    assert loaded.load_report["loaded"] == len(encoder.vit.state_dict())
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images).states, encoder(images).states)

@@ -61,8 +61,26 @@ def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"{path}: a torch file, but not a vlpbench checkpoint (no {missing}); expected one "
                               "written by `vlpbench run` under <run dir>/checkpoints/")
     if isinstance(state["config"], str):
-        state["config"] = json.loads(state["config"])
+        try:
+            state["config"] = json.loads(state["config"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: its config is not JSON ({exc}); expected the resolved config "
+                                  "`vlpbench run` stores") from None
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: its config is a {type(state['config']).__name__}, expected a mapping")
+    state["file"] = str(path)
     return state
+
+
+def load_weights(module: torch.nn.Module, weights: dict, path: Path | str) -> None:
+    """``module.load_state_dict(weights)``, strict; a mismatch is a ``CheckpointError`` naming the
+    file and the first keys (a checkpoint whose config does not describe its weights)."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"{path}: its weights do not fit the model its config describes "
+                              f"({' '.join(lines[1:3])[:400] or lines[0][:400]})") from None
 
 
 def _key_line(exc: BaseException) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,14 +20,16 @@ from vlpbench.config import (DOWNSTREAM_TASKS, ConfigError, EmbeddedDataConfig, 
 from vlpbench.data.datasets import DatasetError
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.experiment import EvaluationError, evaluate_checkpoint, gate_analysis, run_experiment
-from vlpbench.io import write_json
+from vlpbench.io import CorruptFileError, DiskFullError, write_json
 from vlpbench.pipeline import resolve_device, runtime_device
 from vlpbench.registry import available_methods, get_method
-from vlpbench.rundir import RunDir
-from vlpbench.sweep import format_plan, load_sweep
+from vlpbench.rundir import RunBusyError, RunDir
+from vlpbench.sweep import MAX_SWEEP_RUNS, format_plan, load_sweep
 from vlpbench.summary import format_comparison, format_summary, read_results, summarize
+from vlpbench.train import clear_stop, stop_requested
 from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
 
+DOWNSTREAM_OVERRIDABLE = ("downstream.", "data.on_bad_record=", "data.verify_images=")
 RETRIEVAL_COLUMNS = {"txt_r1": "TR@1", "txt_r5": "TR@5", "txt_r10": "TR@10", "img_r1": "IR@1", "img_r5": "IR@5",
                      "img_r10": "IR@10", "r_mean": "r_mean"}
 
@@ -59,7 +63,8 @@ def cmd_run(args) -> int:
                           "runs again; it does not combine with --resume or --stop-at")
     sweep = None
     if args.experiment and not args.resume:
-        sweep = load_sweep(args.experiment, args.override, args.seeds, args.executor, args.jobs)
+        sweep = load_sweep(args.experiment, args.override, args.seeds, args.executor, args.jobs,
+                           max_runs=args.max_runs or MAX_SWEEP_RUNS)
     if sweep is not None:
         if args.stop_at:
             raise ConfigError("--stop-at applies to one run; a sweep's runs checkpoint and resume by themselves")
@@ -87,10 +92,11 @@ def cmd_run(args) -> int:
     run = run or distributed.broadcast_from_main(RunDir.create(cfg) if distributed.is_main() else None)
     if distributed.is_main():
         print(f"run directory: {run.path}")
-    results = run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at)
+    with run.claim() if distributed.is_main() else contextlib.nullcontext():  # one process trains a run
+        results = run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at)
     if distributed.is_main():
         report_run(cfg, run, results)
-    return 0
+    return 1 if stop_requested() and not results["complete"] else 0
 
 
 def run_sweep(args, sweep) -> int:
@@ -143,8 +149,10 @@ def cmd_status(args) -> int:
             folder, planned = Path(cfg.output_dir) / cfg.name, None
         else:
             folder, planned = sweep.directory, [r.run_id for r in sweep.runs]
-    else:
+    elif target.is_dir():
         folder, planned = target, None
+    else:
+        raise ConfigError(f"{target}: no such sweep file or run folder")
     print(launch.format_status(launch.sweep_status(folder, planned)))
     return 0
 
@@ -216,9 +224,10 @@ def cmd_downstream(args) -> int:
     run = RunDir(args.run)
     if not (run.path / "config.yaml").is_file():
         raise ConfigError(f"{args.run}: not a run directory (expected config.yaml in it)")
-    wrong = [o for o in args.override if not o.startswith("downstream.")]
+    wrong = [o for o in args.override if not o.startswith(DOWNSTREAM_OVERRIDABLE)]
     if wrong:
-        raise ConfigError(f"-o {wrong[0]}: only downstream.* settings can change after pre-training")
+        raise ConfigError(f"-o {wrong[0]}: only downstream.* settings (and data.on_bad_record, data.verify_images) "
+                          "can change after pre-training")
     saved = yaml.safe_load((run.path / "config.yaml").read_text())
     if args.settings:  # the task settings of an experiment file instead of those the run was made with
         saved["downstream"] = read_yaml_with_base(Path(args.settings)).get("downstream", {})
@@ -233,7 +242,7 @@ def cmd_downstream(args) -> int:
                            overrides=[*args.override, f"downstream.tasks={list(tasks)}"])  # checks method x task
     if run.latest_checkpoint() is None:
         raise ConfigError(f"{run.path}: no pre-training checkpoint to start the tasks from")
-    results = run_tasks(run, cfg, resolve_device(args.device, key="--device"), list(tasks))
+    results = run_tasks(run, cfg, resolve_device(args.device, key="--device"), list(tasks), restart=args.restart)
     print(results_table(results).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nresults: {run.path / 'downstream.csv'}")
     return 0
@@ -241,7 +250,7 @@ def cmd_downstream(args) -> int:
 
 def cmd_report(args) -> int:
     from vlpbench.report_writer import build_report
-    build_report(args.target, args.output, args.override)
+    build_report(args.target, args.output, args.override, force=args.force)
     return 0
 
 
@@ -292,6 +301,10 @@ def cmd_flops(args) -> int:
         raise ConfigError("vlpbench flops: give an experiment YAML or preset name, or --reproduce TABLE")
     cfg = load_config(flops.experiment_path(args.experiment), args.override)
     text_length = args.text_length or cfg.data.max_text_len
+    positions = TEXT_PRESETS[cfg.model.text.preset].max_positions
+    if text_length > positions:
+        raise ConfigError(f"--text-length {text_length}: the {cfg.model.text.preset} preset has {positions} positions "
+                          f"(expected 1..{positions})")
     result = flops.count_experiment(cfg, args.batch_size, text_length, cross_check=not args.no_cross_check)
     rep = flops.report(result, convention, cfg.name, text_length)
     print(flops.format_report(rep))
@@ -307,6 +320,19 @@ def cmd_summary(args) -> int:
         other = summarize(read_results(args.versus))
         print("\n" + format_summary(other) + "\n\n" + format_comparison(other, summary))
     return 0
+
+
+def count(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (argparse names the flag on error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def seed_list(text: str) -> list[int]:
@@ -362,10 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the runs (id, overrides, state) and the "
                                                             "executor settings; run nothing")
     run.add_argument("--executor", choices=["local", "slurm"], help="replaces launcher.executor")
-    run.add_argument("--jobs", type=int, metavar="N", help="local executor: N runs at a time (launcher.jobs)")
+    run.add_argument("--jobs", type=count(1), metavar="N", help="local executor: N runs at a time (launcher.jobs)")
     run.add_argument("--rerun", choices=["failed"], help="start only the sweep's failed runs (they resume from "
                                                          "their latest checkpoint)")
     run.add_argument("--wait", action="store_true", help="slurm: wait for the submitted runs, then report")
+    run.add_argument("--max-runs", type=count(1), default=None, metavar="N",
+                     help=f"allow a sweep of up to N runs (default {MAX_SWEEP_RUNS}: a larger grid is refused "
+                          "before anything is expanded)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="the state of every run of a sweep",
@@ -410,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="change a downstream setting, e.g. -o downstream.vqa.head=classification")
     down.add_argument("--settings", metavar="EXPERIMENT.yaml",
                       help="take the downstream section of this experiment file instead of the run's own")
+    down.add_argument("--restart", action="store_true",
+                      help="discard the folders of tasks trained with other settings and train them afresh")
     down.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     down.set_defaults(func=cmd_downstream)
 
@@ -421,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="the overrides the sweep was run with")
     rep.add_argument("--output", default="reports", help="folder the report folder goes in (default: reports)")
+    rep.add_argument("--force", action="store_true",
+                     help="replace an existing report even if it shows more finished runs than this one")
     rep.set_defaults(func=cmd_report)
 
     gate = sub.add_parser("gate", help="how well the matching score (LightVLP: the gate p) separates noisy pairs",
@@ -430,8 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--ann", action="append", help="pre-training JSON whose records may carry 'noise' "
                                                     "(default: the run's own pre-training data)")
     gate.add_argument("--image-root", default=".", help="directory image paths are relative to (with --ann)")
-    gate.add_argument("--max-pairs", type=int, default=2000, help="score the first N records")
-    gate.add_argument("--batch-size", type=int, default=128)
+    gate.add_argument("--max-pairs", type=count(1), default=2000, help="score the first N records")
+    gate.add_argument("--batch-size", type=count(1), default=128)
     gate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     gate.add_argument("--output", help="also write the result to this JSON file")
     gate.set_defaults(func=cmd_gate)
@@ -445,10 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare", nargs="+", default=[], metavar="METHOD",
                        help="methods at --scale: experiments/METHOD_mini.yaml or experiments/presets/METHOD_base.yaml")
     bench.add_argument("--scale", choices=["mini", "base"], default="mini")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per experiment (the median is reported)")
-    bench.add_argument("--rounds", type=int, default=2, help="turns the timed steps are split into, alternating "
+    bench.add_argument("--steps", type=count(1), default=10, help="timed steps per experiment (the median is reported)")
+    bench.add_argument("--rounds", type=count(1), default=2, help="turns the timed steps are split into, alternating "
                                                              "the experiments")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bench.add_argument("--warmup", type=count(0), default=2, help="untimed steps first")
     bench.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="applied to every experiment")
     bench.add_argument("--output", help="also write the rows to this JSON file")
@@ -464,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     fl.add_argument("--convention", default="flops,forward+backward,attention",
                     help="comma-separated: macs|flops, forward|forward+backward, attention|linear_only")
-    fl.add_argument("--batch-size", type=int, default=2, help="samples counted (figures are per sample)")
-    fl.add_argument("--text-length", type=int, help="caption tokens incl. [CLS]/[SEP] (default data.max_text_len)")
+    fl.add_argument("--batch-size", type=count(1), default=2, help="samples counted (figures are per sample)")
+    fl.add_argument("--text-length", type=count(1), help="caption tokens incl. [CLS]/[SEP] (default data.max_text_len)")
     fl.add_argument("--no-cross-check", action="store_true", help="skip the fvcore and ptflops counts")
     fl.add_argument("--json", help="also write the result to this JSON file")
     fl.set_defaults(func=cmd_flops)
@@ -482,11 +515,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NEGATIVE_LIST = re.compile(r"^-\d+(,-?\d+)*$")
+
+
+def joined_negative_values(argv: list[str]) -> list[str]:
+    """``--seeds -1,2`` as ``--seeds=-1,2``: argparse takes a value starting with '-' for a flag."""
+    out = []
+    for token in argv:
+        if out and out[-1] == "--seeds" and NEGATIVE_LIST.match(token):
+            out[-1] = f"--seeds={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
+    clear_stop()
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, BenchmarkError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, BenchmarkError, CorruptFileError,
+            RunBusyError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except EvaluationError as exc:

@@ -78,6 +78,9 @@ def _preset_validator(presets: dict):
 class VisionConfig(StrictModel):
     preset: str = "vit_mini"
     pretrained: str | None = None
+    # accept pretrained weights that leave keys unfilled or bring keys the model lacks, beyond the
+    # mismatches vlpbench.zoo.weights documents as expected (the load report lists them either way)
+    allow_partial: bool = False
     image_size: int | None = Field(None, ge=16)
     _known_preset = _preset_validator(VISION_PRESETS)
 
@@ -85,6 +88,7 @@ class VisionConfig(StrictModel):
 class TextConfig(StrictModel):
     preset: str = "bert_mini"
     pretrained: str | None = None
+    allow_partial: bool = False  # as model.vision.allow_partial
     tokenizer: str | None = None  # None: train WordPiece on the pre-training captions
     vocab_size: int = Field(1000, ge=32)  # of the trained WordPiece (at most: the captions' words)
     # fill the trained vocabulary with [unusedN] entries to exactly vocab_size (BERT's 30,522 for the
@@ -136,6 +140,11 @@ class MethodConfig(StrictModel):
         """Whether the method fuses as one text stream through blocks that cross-attend to the image
         (ALBEF's multimodal encoder), which NLVR2's replicated design needs."""
         return False
+
+    def cross_attention_layers(self, experiment: "ExperimentConfig") -> int:
+        """How many text-to-image cross-attention layers the method builds (``fusion_blocks``):
+        by default the text preset's fusion layers; a method with its own fusion says otherwise."""
+        return TEXT_PRESETS[experiment.model.text.preset].fusion_layers
 
     def downstream_problems(self, downstream: "DownstreamConfig") -> list[str]:
         """Tasks this method cannot run as configured, as ``"key.path: message"`` strings."""
@@ -306,7 +315,7 @@ class DownstreamConfig(StrictModel):
 
 
 class ExperimentConfig(StrictModel):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")  # a folder name: no path separators
     seed: int = 0
     output_dir: str = "runs"
     data: DataConfig = DataConfig()
@@ -318,6 +327,13 @@ class ExperimentConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     downstream: DownstreamConfig = DownstreamConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError(f"{name!r} would put the runs outside output_dir; expected a folder name")
+        return name
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
         problems = self.method.check(self)
@@ -328,6 +344,11 @@ class ExperimentConfig(StrictModel):
         if unimodal.text_steps and self.model.text.pretrained:
             problems.append("model.unimodal.text_steps: the text encoder already loads model.text.pretrained")
         problems += self.method.downstream_problems(self.downstream)
+        if "grounding" in self.downstream.tasks:
+            layers, layer = self.method.cross_attention_layers(self), self.downstream.grounding.gradcam_layer
+            if layer >= layers:
+                problems.append(f"downstream.grounding.gradcam_layer: {layer}, but {self.method.name!r} builds {layers} "
+                                f"text-to-image cross-attention layers here (expected 0..{layers - 1})")
         if self.data.max_text_len > TEXT_PRESETS[self.model.text.preset].max_positions:
             problems.append(f"data.max_text_len: {self.data.max_text_len} exceeds the {self.model.text.preset} "
                             f"preset's {TEXT_PRESETS[self.model.text.preset].max_positions} positions")
@@ -344,11 +365,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
         node, parts = raw, key.strip().split(".")
         for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            if node.get(part) is None:  # an unset optional section (e.g. a task's data.train: null)
+                node[part] = {}
+            child = node[part]
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        try:
+            node[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not plain YAML ({problem}); expected a number, "
+                              "string, boolean, list or mapping") from None
     return raw
 
 
@@ -506,6 +534,18 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
         model = nested[0]
     return sorted(model.model_fields)
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key.path: old -> new`` for every key whose value differs between two config dicts."""
+    out = []
+    for key in dict.fromkeys([*old, *new]):
+        path, a, b = f"{prefix}{key}", old.get(key, "(absent)"), new.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, path + ".")
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:

@@ -3,8 +3,11 @@
 The process group comes from the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT, or submitit's ``JobEnvironment`` (global rank, number of tasks, local
 rank, and the first node of the job as the rendezvous host, which ALBEF's and LAVIS' launchers
-leave unset under Slurm). CUDA uses NCCL, CPU gloo. ``train.batch_size`` is the global batch:
-each of the N processes takes its 1/N share, and the queues receive the all-gathered features.
+leave unset under Slurm). On CUDA the group has two backends, ``cpu:gloo,cuda:nccl``: NCCL
+moves CUDA tensors, and a CPU tensor (an object broadcast) still has a backend instead of failing
+under NCCL alone. Every collective here takes its tensors on the process's training device.
+``train.batch_size`` is the global batch: each of the N processes takes its 1/N share, and the
+queues receive the all-gathered features.
 """
 
 from __future__ import annotations
@@ -40,16 +43,27 @@ def rendezvous_from_environment() -> Rendezvous | None:
     return None
 
 
+_device = torch.device("cpu")  # the device this process trains on (``initialize``)
+
+
 def initialize(device: torch.device) -> Rendezvous | None:
     """Join the process group the environment describes (once); None when running alone."""
+    global _device
     found = rendezvous_from_environment()
     if found is None or found.world_size == 1 or dist.is_initialized():
         return found
+    _device = device
     if device.type == "cuda":
         torch.cuda.set_device(found.local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=found.rank,
+        _device = torch.device("cuda", found.local_rank)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", rank=found.rank,
                             world_size=found.world_size, init_method=f"tcp://{found.address}:{found.port}")
     return found
+
+
+def device() -> torch.device:
+    """The device of this process's collectives: the one it trains on."""
+    return _device
 
 
 def active() -> bool:
@@ -72,7 +86,7 @@ def any_process(flag: bool) -> bool:
     """True on every process if it is true on any (e.g. a stop request one of them received)."""
     if not active():
         return flag
-    value = torch.tensor(float(flag))
+    value = torch.tensor(float(flag), device=_device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value)
 
@@ -97,8 +111,7 @@ def mean_across_processes(values: dict[str, torch.Tensor | float]) -> dict[str, 
     if not active() or not values:
         return values
     keys = list(values)
-    device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
-    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).reshape(()) for k in keys])
+    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=_device).reshape(()) for k in keys])
     dist.all_reduce(stacked)
     return dict(zip(keys, (stacked / dist.get_world_size()).unbind()))
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import traceback
 from pathlib import Path
 
 import torch
 
 from vlpbench import distributed, pipeline, unimodal
-from vlpbench.checkpoint import read_checkpoint
-from vlpbench.config import AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_from_dict
+from vlpbench.checkpoint import load_weights, read_checkpoint
+from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences,
+                             config_from_dict)
 from vlpbench.data.datasets import SkipReport
 from vlpbench.analysis import matching_separation
 from vlpbench.evaluate import LearningCurve, evaluate_retrieval
+from vlpbench.io import CorruptFileError, read_json, write_json
 from vlpbench.method import VLPMethod
 from vlpbench.rundir import RunDir
 from vlpbench.train import Trainer
@@ -34,8 +35,10 @@ def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, sto
     run.failed_file.unlink(missing_ok=True)
     try:
         return _run(cfg, run, resume, stop_at, log)
-    except EvaluationError:
-        raise  # training completed: the run is not failed, results.json says what went wrong
+    except (EvaluationError, KeyboardInterrupt):
+        # training completed: the run is not failed, results.json says what went wrong; or the
+        # user aborted: the run resumes from its last checkpoint
+        raise
     except BaseException as exc:
         run.mark_failed(exc)
         raise
@@ -61,6 +64,8 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     cfg_with_init = unimodal.warm_start(cfg, entries, tokenizer, log)  # seeds torch itself when it trains
     torch.manual_seed(cfg.seed)
     method = pipeline.build_method(cfg_with_init, tokenizer).to(device)
+    if distributed.is_main():
+        record_pretrained_loads(pipeline.load_reports(method), run, log)
     trainer = Trainer(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device)
     if resume:
         checkpoint = run.read_latest_checkpoint(device, log)
@@ -68,6 +73,7 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
             log(f"no checkpoint in {run.checkpoints}; starting from step 0")
             run.truncate_metrics(0)  # lines an earlier, failed attempt logged
         else:
+            check_checkpoint_config(checkpoint, cfg, run)
             trainer.load_checkpoint(checkpoint)
             run.truncate_metrics(trainer.step)
             log(f"resuming {run.path} from step {trainer.step}")
@@ -87,7 +93,7 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
         curve = LearningCurve(retrieval, cfg.eval.curve_images, tokenizer, cfg.eval.retrieval.batch_size,
                               cfg.data.max_text_len, device)
     if cfg.pretrain:
-        earlier = _finished_training(run, cfg, trainer) if resume else None
+        earlier = _finished_training(run, cfg, trainer, log) if resume else None
         results["train"] = earlier or trainer.fit(tokenizer.to_json(), stop_at, curve)
         results["complete"] = trainer.step == cfg.train.steps
     else:  # the initial weights, checkpointed for evaluation and downstream tasks
@@ -122,13 +128,38 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     return results
 
 
-def _finished_training(run: RunDir, cfg: ExperimentConfig, trainer: Trainer) -> dict | None:
+def record_pretrained_loads(reports: list[dict], run: RunDir, log) -> None:
+    """``pretrained_load.json``: what each pretrained file filled, and a line per file in the log."""
+    if not reports:
+        return
+    write_json(run.path / "pretrained_load.json", reports)
+    for r in reports:
+        log(f"model.{r['kind']}.pretrained {r['source']}: {r['loaded']} tensors loaded; {len(r['missing'])} keys "
+            f"missing ({len(r['unexplained_missing'])} unexpectedly), {len(r['unexpected'])} unused "
+            f"({len(r['unexplained_unexpected'])} unexpectedly); details in {run.path / 'pretrained_load.json'}")
+
+
+def check_checkpoint_config(checkpoint: dict, cfg: ExperimentConfig, run: RunDir) -> None:
+    """A resumed run continues the training its checkpoint holds: a ``config.yaml`` edited since
+    (or a sweep that now resolves otherwise) would label that training with settings it never had."""
+    differences = config_differences(checkpoint["config"], cfg.model_dump(mode="json"))
+    if differences:
+        raise ConfigError(f"{run.path}: config.yaml differs from the config its checkpoint was trained with "
+                          f"({'; '.join(differences[:5])}); restore config.yaml, or start a new run with the "
+                          "new settings")
+
+
+def _finished_training(run: RunDir, cfg: ExperimentConfig, trainer: Trainer, log) -> dict | None:
     """The training result of an earlier session that finished training but was stopped during
     evaluation: this session trains no step, so the earlier timing is the run's."""
     results_file = run.path / "results.json"
     if trainer.step != cfg.train.steps or not results_file.is_file():
         return None
-    earlier = json.loads(results_file.read_text()).get("train", {})
+    try:
+        earlier = read_json(results_file).get("train", {})
+    except CorruptFileError as exc:
+        log(f"warning: {exc}; the run's training time is lost, its training result is not")
+        return None
     return earlier if earlier.get("steps") == cfg.train.steps else None
 
 
@@ -150,7 +181,7 @@ def load_trained(target: str | Path, device: torch.device) -> tuple[ExperimentCo
     model = cfg.model.model_copy(update={"vision": cfg.model.vision.model_copy(update={"pretrained": None}),
                                          "text": cfg.model.text.model_copy(update={"pretrained": None})})
     method = pipeline.build_method(cfg.model_copy(update={"model": model}), tokenizer).to(device)
-    method.load_state_dict(state["model"])
+    load_weights(method, state["model"], checkpoint)
     return cfg, method, tokenizer
 
 

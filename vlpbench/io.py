@@ -7,6 +7,7 @@ make every atomically written file private, mode 0600).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -28,9 +29,27 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        if _disk_full(exc, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(f"{path}: no space left to write it ({written / 2**20:.1f} MiB were written when the "
+                                f"write failed; {free / 2**20:.1f} MiB free there now). Free space on that "
+                                "filesystem, or move output_dir to one with room") from None
         raise
+
+
+class DiskFullError(OSError):
+    """A write that failed for lack of space, naming the file and the space."""
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for lack of space (torch.save reports it as an 'enforce fail'
+    RuntimeError without saying so)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, RuntimeError) and shutil.disk_usage(folder).free < 2**20
 
 
 def build_folder_atomically(folder: Path, fill: Callable[[Path], None]) -> None:
@@ -66,3 +85,16 @@ def append_jsonl(path: Path, record: dict) -> None:
     """One line per call, flushed; a crash can lose at most the line being written."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class CorruptFileError(ValueError):
+    """A file vlpbench wrote that no longer parses (truncated by a crash, edited by hand)."""
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; ``CorruptFileError`` naming the file if it does not parse."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path}: not valid JSON (truncated or edited?): {exc}") from None

@@ -1,44 +1,41 @@
 """Running a sweep's runs: in this process, N at a time (submitit's LocalExecutor), or on Slurm
 (a submitit job array), and reading back what state each run is in.
 
-A run's state comes from its directory: ``results.json`` (done), ``failed.json`` (failed),
-``running.json`` (a live process on this host), ``job.json`` (submitted to Slurm: submitit asks
-the scheduler), a checkpoint (resumable) or nothing yet (new).
+A run's state comes from its directory: ``results.json`` (done), the run's claim held by a
+process (running: ``RunDir.claim``), ``failed.json`` (failed), ``job.json`` (submitted to Slurm:
+submitit asks the scheduler), a checkpoint (resumable) or nothing yet (new).
+
+A run is trained only under its claim, taken at the moment it starts and held until it ends, so
+two copies of one sweep never train the same run: the second finds the claim held and skips it.
+A sweep whose run directories hold another config than the sweep now resolves is refused before
+anything runs, finished runs included, naming each run and the keys that differ.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from vlpbench import distributed
 from vlpbench.budget import apply_flop_budget
-from vlpbench.config import ConfigError, config_from_dict, config_to_yaml
+from vlpbench.config import ConfigError, config_differences, config_from_dict
 from vlpbench.experiment import EvaluationError, run_experiment
-from vlpbench.io import write_json
+from vlpbench.io import CorruptFileError, read_json, write_json
 from vlpbench.pipeline import runtime_device
-from vlpbench.rundir import RunDir
+from vlpbench.rundir import RunBusyError, RunDir, describe_holder
 from vlpbench.sweep import Sweep, SweepRun
-from vlpbench.train import request_stop, stop_requested
+from vlpbench.train import clear_stop, request_stop, stop_requested
 
 SLURM_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_json(path: Path) -> dict | None:
@@ -59,16 +56,26 @@ def is_done(run_dir: Path) -> bool:
     return bool(results and results.get("complete") and not results.get("pending") and "retrieval_error" not in results)
 
 
+def results_problem(run_dir: Path) -> str | None:
+    """Why ``results.json`` cannot be read (the run then counts as unfinished), or None."""
+    try:
+        if (run_dir / "results.json").is_file():
+            read_json(run_dir / "results.json")
+    except CorruptFileError as exc:
+        return f"{exc}; the run counts as unfinished and resumes from its checkpoint"
+    return None
+
+
 def run_state(run_dir: Path) -> dict:
     """``{"state": ..., ...}`` of one run directory; ``failed`` adds the error, ``running`` the process."""
     if is_done(run_dir):
         return {"state": "done"}
+    holder = RunDir(run_dir).holder()
+    if holder is not None:
+        return {"state": "running", "detail": describe_holder(holder)}
     failed = _read_json(run_dir / "failed.json")
     if failed:
         return {"state": "failed", "error": failed.get("error"), "log_tail": failed.get("log_tail", [])}
-    running = _read_json(run_dir / "running.json")
-    if running and running.get("host") == socket.gethostname() and _pid_alive(running["pid"]):
-        return {"state": "running", "pid": running["pid"]}
     job = _read_json(run_dir / "job.json")
     if job and job.get("executor") == "slurm":
         state = slurm_state(job)
@@ -79,9 +86,10 @@ def run_state(run_dir: Path) -> dict:
         if state not in ("COMPLETED", "UNKNOWN"):  # ended without results.json: killed, out of memory, ...
             return {"state": "failed", "error": f"Slurm job {job['job_id']} ended {state}",
                     "log_tail": _tail(Path(job["folder"]) / f"{job['job_id']}_0_log.err")}
+    problem = {"detail": results_problem(run_dir)} if results_problem(run_dir) else {}
     if RunDir(run_dir).latest_checkpoint() is not None:
-        return {"state": "resumable"}
-    return {"state": "new"}
+        return {"state": "resumable", **problem}
+    return {"state": "new", **problem}
 
 
 def _tail(path: Path, lines: int = 5) -> list[str]:
@@ -92,38 +100,63 @@ def _tail(path: Path, lines: int = 5) -> list[str]:
 
 
 def execute(config: dict, run_dir: str) -> dict:
-    """Run (or continue) one run of a sweep in this process and return its results.
+    """Run (or continue) one run of a sweep in this process, under the run's claim, and return
+    its results (``RunBusyError`` if another process holds the claim).
 
     A finished run returns its results untouched; a run directory from an earlier attempt is
     resumed from its latest checkpoint, and must hold the same resolved config.
     """
     run_dir = Path(run_dir)
-    if is_done(run_dir):
-        return json.loads((run_dir / "results.json").read_text())
-    try:
-        run, cfg = _open_run(config, run_dir)
-    except Exception as exc:
-        RunDir(run_dir).mark_failed(exc)
-        raise
-    write_json(run.path / "running.json", {"pid": os.getpid(), "host": socket.gethostname(),
-                                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    resume = run.latest_checkpoint() is not None
-    if not resume:
-        run.truncate_metrics(0)  # lines an earlier attempt logged before it failed
-    try:
+    # a data-parallel run's processes all get here; process 0 holds the claim for them
+    with RunDir(run_dir).claim() if distributed.is_main() else contextlib.nullcontext():
+        if is_done(run_dir):  # finished by another process between the plan and the claim
+            return read_json(run_dir / "results.json")
+        try:
+            run, cfg = _open_run(config, run_dir)
+        except Exception as exc:
+            RunDir(run_dir).mark_failed(exc)
+            raise
+        resume = run.latest_checkpoint() is not None
+        if not resume:
+            run.truncate_metrics(0)  # lines an earlier attempt logged before it failed
         return run_experiment(cfg, run, resume=resume)
-    finally:
-        (run.path / "running.json").unlink(missing_ok=True)
 
 
 def _open_run(config: dict, run_dir: Path) -> tuple[RunDir, object]:
     cfg = apply_flop_budget(config_from_dict(config, source=f"{run_dir} (sweep run)"))
     if not (run_dir / "config.yaml").is_file():
         return RunDir.create(cfg, run_id=run_dir.name), cfg
-    if (run_dir / "config.yaml").read_text() != config_to_yaml(cfg):
-        raise ConfigError(f"{run_dir}: started with another config than the sweep now gives it; "
-                          "remove the run directory or restore the sweep file")
+    differences = recorded_differences(run_dir, cfg)
+    if differences:
+        raise ConfigError(f"{run_dir}: started with another config than the sweep now gives it "
+                          f"({'; '.join(differences[:5])}); remove the run directory or restore the sweep file")
     return RunDir(run_dir), cfg
+
+
+def recorded_differences(run_dir: Path, cfg) -> list[str]:
+    """The keys whose value in the run directory's ``config.yaml`` differs from ``cfg``."""
+    try:
+        recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except yaml.YAMLError as exc:
+        return [f"config.yaml does not parse ({str(exc).splitlines()[0]})"]
+    return config_differences(recorded if isinstance(recorded, dict) else {}, cfg.model_dump(mode="json"))
+
+
+def check_recorded_configs(sweep: Sweep) -> None:
+    """Refuse a sweep whose existing run directories (finished or not) hold another config than
+    the sweep now resolves for them: their results would be reported under the wrong settings."""
+    clashes = []
+    for run in sweep.runs:
+        run_dir = sweep.run_dir(run)
+        if (run_dir / "config.yaml").is_file():
+            differences = recorded_differences(run_dir, apply_flop_budget(run.config, log=lambda _: None))
+            if differences:
+                clashes.append(f"  {run.run_id} ({run_state(run_dir)['state']}): " + "; ".join(differences[:5]))
+    if clashes:
+        raise ConfigError(f"sweep {sweep.name}: {len(clashes)} run directories under {sweep.directory} hold another "
+                          "config than the sweep now resolves, so their results are not this sweep's:\n"
+                          + "\n".join(clashes) + "\nRemove those run directories, restore the sweep file and "
+                          "overrides, or give the sweep another name (-o name=...)")
 
 
 @dataclass
@@ -140,15 +173,16 @@ class RunJob:
         if threads:
             import torch
             torch.set_num_threads(threads)
+        clear_stop()
         warning = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-        submitit_handler = signal.getsignal(warning)
+        submitit_handler, warned = signal.getsignal(warning), []
         if callable(submitit_handler):
             # preemption or time limit: finish the step and checkpoint it, then let submitit requeue
             # (its handler alone would requeue mid-step, losing the steps since the last checkpoint)
-            signal.signal(warning, lambda signum, frame: request_stop())
+            signal.signal(warning, lambda signum, frame: (warned.append(signum), request_stop()))
         distributed.initialize(runtime_device(config_from_dict(self.config).train))  # a multi-task job: DDP
         results = execute(self.config, self.run_dir)
-        if stop_requested() and callable(submitit_handler) and not is_done(Path(self.run_dir)):
+        if warned and stop_requested() and not is_done(Path(self.run_dir)):
             submitit_handler(warning, None)  # calls checkpoint() below, requeues, exits
         return results
 
@@ -160,6 +194,7 @@ class RunJob:
 def plan(sweep: Sweep, rerun_failed: bool = False) -> tuple[list[SweepRun], dict[str, str]]:
     """The runs to start now, and every run's state: done, running and pending runs are left
     alone; failed runs wait for ``--rerun failed``, which then starts only them."""
+    check_recorded_configs(sweep)
     states = {run.run_id: run_state(sweep.run_dir(run))["state"] for run in sweep.runs}
     wanted = {"failed"} if rerun_failed else {"new", "resumable"}
     return [run for run in sweep.runs if states[run.run_id] in wanted], states
@@ -174,15 +209,23 @@ def write_plan(sweep: Sweep) -> None:
 
 
 def run_here(sweep: Sweep, runs: list[SweepRun], log=print) -> None:
-    """One run after another in this process; a failed run is recorded and the sweep goes on."""
+    """One run after another in this process; a failed run is recorded and the sweep goes on, a
+    run another process is training is skipped, and a stop request (a signal) ends the sweep
+    once the current run has checkpointed."""
     for i, run in enumerate(runs, 1):
         log(f"[{i}/{len(runs)}] {run.run_id}: {sweep.run_dir(run)}")
         try:
             execute(run.config.model_dump(mode="json"), str(sweep.run_dir(run)))
+        except RunBusyError as exc:
+            log(f"  {run.run_id} skipped: {exc}")
         except EvaluationError as exc:
             log(f"  {run.run_id}: {exc}")
         except Exception as exc:  # failed.json records it; the other runs still run
             log(f"  {run.run_id} failed: {type(exc).__name__}: {exc}")
+        if stop_requested():
+            log(f"stopped on a signal after {run.run_id} checkpointed; {len(runs) - i} runs not started. "
+                "Run the sweep again to resume.")
+            return
 
 
 def submitit_folder(sweep: Sweep, executor: str) -> Path:
@@ -266,7 +309,7 @@ def format_status(rows: list[dict]) -> str:
     width = max(len(r["run_id"]) for r in rows)
     lines = []
     for row in rows:
-        detail = row.get("error") or (f"job {row['job_id']}" if "job_id" in row else "")
+        detail = row.get("error") or row.get("detail") or (f"job {row['job_id']}" if "job_id" in row else "")
         lines.append(f"{row['run_id']:<{width}}  {row['state']:<9}  {detail}".rstrip())
         lines += [f"{'':<{width}}    | {line}" for line in row.get("log_tail", [])[-3:]]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["state"] for r in rows).items()))

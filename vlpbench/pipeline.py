@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from vlpbench.method import Batch, VLPMethod
 from vlpbench.registry import get_method
 from vlpbench.zoo.tokenizer import TextTokenizer, train_wordpiece
 from vlpbench.zoo.vision import VISION_PRESETS
+from vlpbench.zoo.weights import PretrainedWeightsError
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -90,7 +92,32 @@ def build_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions], save_to
 
 
 def build_method(cfg: ExperimentConfig, tokenizer: TextTokenizer) -> VLPMethod:
-    return get_method(cfg.method.name)(cfg.method, cfg.model, tokenizer)
+    """The configured method; pretrained weights that do not fit (beyond the mismatches the zoo
+    documents as expected, unless ``allow_partial``) are a ``ConfigError`` naming the key."""
+    try:
+        method = get_method(cfg.method.name)(cfg.method, cfg.model, tokenizer)
+    except PretrainedWeightsError as exc:
+        raise ConfigError(f"model.*.pretrained: {exc}") from None
+    for report in load_reports(method):
+        problems = report["unexplained_missing"], report["unexplained_unexpected"]
+        if any(problems) and not getattr(cfg.model, report["kind"]).allow_partial:
+            key = f"model.{report['kind']}"
+            raise ConfigError(
+                f"{key}.pretrained: {report['source']} does not fit the {getattr(cfg.model, report['kind']).preset} "
+                f"preset: {len(problems[0])} of its keys stay unfilled (first: {problems[0][:3]}), {len(problems[1])} "
+                f"keys of the file have no place (first: {problems[1][:3]}). Set {key}.allow_partial: true to "
+                "train with what fits")
+    return method
+
+
+def load_reports(method: torch.nn.Module) -> list[dict]:
+    """The load report of every encoder of ``method`` that loaded pretrained weights (once each:
+    a momentum teacher is a copy of its student, report included)."""
+    reports = {}
+    for module in method.modules():
+        if getattr(module, "load_report", None):
+            reports.setdefault(json.dumps(module.load_report, sort_keys=True), module.load_report)
+    return list(reports.values())
 
 
 class Collate:

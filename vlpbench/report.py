@@ -23,6 +23,7 @@ configuration every other one is compared with, metric by metric, with or withou
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -147,6 +148,26 @@ def gather(target: str | Path, overrides: list[str] = ()) -> tuple[str, Path, Re
         keys = {key: config_value(config, key) for key in report.rows + report.columns}
         records.append(RunRecord(run_id, run_dir, keys, config.seed, state, results, config))
     return name, experiment, report, records
+
+
+def check_metrics(records: list[RunRecord], report: ReportConfig) -> None:
+    """A metric no finished run has would read "missing" in every cell: name it and the nearest keys."""
+    finished = [r for r in records if r.results]
+    if not finished:
+        return
+    wanted = [*report.metrics, *(m for settings in report.reference for m in settings.metrics)]
+    available = sorted({key for r in finished for key in _numeric_keys(r.results)})
+    for metric in dict.fromkeys(wanted):
+        if all(r.metric(metric) is None for r in finished):
+            nearest = difflib.get_close_matches(metric, available, n=3, cutoff=0.5)
+            raise ConfigError(f"report.metrics: {metric!r} is in none of the {len(finished)} finished runs' "
+                              f"results.json; nearest keys: {nearest or available[:5]}")
+
+
+def _numeric_keys(node, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _numeric_keys(value, f"{prefix}{key}.")]
+    return [prefix[:-1]] if isinstance(node, (int, float)) and not isinstance(node, bool) else []
 
 
 def swept_keys(sweep) -> list[str]:

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from vlpbench import plots
-from vlpbench.report import (Cell, ReportConfig, baseline_cell, cell_label, cells_of, delta_table, gather,
+from vlpbench.config import ConfigError
+from vlpbench.report import (Cell, ReportConfig, baseline_cell, cell_label, cells_of, check_metrics, delta_table, gather,
                              main_table, measured_delta_table, read_reference, reference_table)
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -148,11 +149,26 @@ def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> tuple[str, d
     return run.run_id, result["p_values"]
 
 
-def build_report(target: str, output_root: str = "reports", overrides: list[str] = (), log=print) -> Path:
-    """Gather, tabulate, plot and write the report of ``target`` (sweep directory or experiment file)."""
+FINISHED_LINE = re.compile(r"(\d+) of (\d+) runs finished")
+
+
+def build_report(target: str, output_root: str = "reports", overrides: list[str] = (), log=print,
+                 force: bool = False) -> Path:
+    """Gather, tabulate, plot and write the report of ``target`` (sweep directory or experiment file).
+
+    An existing report that shows more finished runs is kept unless ``force``: where the runs are
+    not on this machine, a rebuild would replace measured numbers with "missing"."""
     name, experiment, report, records = gather(target, overrides)
+    check_metrics(records, report)
     cells = cells_of(records)
     out = Path(output_root) / name
+    done = sum(r.state == "done" for r in records)
+    before = finished_runs_shown(out)
+    if before is not None and before > done and not force:
+        folders = sorted({str(r.run_dir.parent) for r in records})
+        raise ConfigError(f"{out}: the report there shows {before} finished runs, this one would show {done} of "
+                          f"{len(records)} (runs looked for in {', '.join(folders)}); it is not replaced. Pass --force "
+                          "to replace it, or --output another folder")
     (out / "tables").mkdir(parents=True, exist_ok=True)
     flops = configuration_flops(cells) if report.flops else None
     table = main_table(cells, report, flops)
@@ -176,13 +192,19 @@ def build_report(target: str, output_root: str = "reports", overrides: list[str]
         raw.to_csv(out / "tables" / f"{key}.csv", index=False)
         (out / "tables" / f"{key}.tex").write_text(latex(shown, caption))
     figures = make_plots(cells, report, flops, name, out / "plots")
-    done = sum(r.state == "done" for r in records)
     page = Page(name, experiment, report, references, tables, figures, f"{done} of {len(records)} runs finished",
                 time.strftime("%Y-%m-%d %H:%M"), records[0].config.scale)
     (out / "report.md").write_text(page.markdown())
     (out / "index.html").write_text(page.html())
     log(f"report: {out / 'index.html'} ({done} of {len(records)} runs finished)")
     return out
+
+
+def finished_runs_shown(folder: Path) -> int | None:
+    """How many finished runs the report in ``folder`` shows (None: there is no report)."""
+    page = folder / "report.md"
+    found = FINISHED_LINE.search(page.read_text()) if page.is_file() else None
+    return int(found[1]) if found else None
 
 
 def make_plots(cells: list[Cell], report: ReportConfig, flops: dict | None, name: str, folder: Path) -> dict:

@@ -3,10 +3,14 @@ environment, metrics, results and checkpoints. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import platform
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +27,11 @@ from vlpbench.io import write_json, write_text
 PACKAGES = ("vlpbench", "torch", "torchvision", "timm", "transformers", "tokenizers", "pydantic", "numpy", "Pillow",
             "safetensors", "fvcore", "ptflops", "pandas", "submitit")
 _CHECKPOINT = re.compile(r"^step_(\d+)\.pt$")
+CLAIM_FILE = "claim.lock"
+
+
+class RunBusyError(RuntimeError):
+    """Another process holds the run's claim: it is training (or evaluating) that run now."""
 
 
 def git_revision() -> str | None:
@@ -54,6 +63,12 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def describe_holder(holder: dict | None) -> str:
+    if not holder:
+        return "a process that has not yet written its name"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -83,6 +98,52 @@ class RunDir:
 
     def config(self) -> ExperimentConfig:
         return load_config(self.path / "config.yaml")
+
+    @contextlib.contextmanager
+    def claim(self, tries: int = 40):
+        """Hold the run's exclusive claim while the block runs: an ``flock`` on ``claim.lock``,
+        which the OS releases when this process ends, however it ends. A run whose claim another
+        process holds raises ``RunBusyError`` naming that process. (A look at the claim by
+        ``holder`` takes it for microseconds, so a claim is retried for ``tries`` x 25 ms.)"""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / CLAIM_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            for _ in range(tries):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.025)
+            else:
+                raise RunBusyError(f"{self.path}: already running in another process ({describe_holder(self.holder())})")
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+            try:
+                yield self
+            finally:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the claim
+
+    def holder(self) -> dict | None:
+        """Who holds the run's claim (pid, host, since when), or None when no process does."""
+        try:
+            fd = os.open(self.path / CLAIM_FILE, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.read(fd, 4096).decode(errors="replace")
+                try:
+                    return json.loads(text)
+                except ValueError:  # the holder is between truncating and writing its name
+                    return {}
+            return None
+        finally:
+            os.close(fd)
 
     @property
     def checkpoints(self) -> Path:

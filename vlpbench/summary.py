@@ -3,11 +3,12 @@ detectable difference (see ``vlpbench.stats``), plus the per-seed values they co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
+from vlpbench.config import ConfigError, config_differences
+from vlpbench.io import read_json
 from vlpbench.stats import difference_interval, pooled_std, seed_stats
 
 # (path in results.json, label); the ITM ranking is the method's retrieval result, ITC-only its embedding's
@@ -26,19 +27,49 @@ def _lookup(results: dict, dotted: str):
     return node
 
 
+# keys that may differ between the runs of one configuration: they change no number
+NOT_CONFIGURATION = ("seed", "name", "output_dir")
+
+
 def read_results(run_dirs: list[Path]) -> list[dict]:
-    """``results.json`` of each finished run (with its ``seed`` from ``config.yaml``)."""
-    out = []
+    """``results.json`` of each finished run (with its ``seed`` from ``config.yaml``); the runs
+    must be seeds of one configuration (``ConfigError`` naming the keys that differ otherwise)."""
+    out, configs = [], []
     for run_dir in map(Path, run_dirs):
         path = run_dir / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir}: no results.json (the run has not finished)")
-        results = json.loads(path.read_text())
-        if not results.get("complete") or "retrieval" not in results:
+        results = read_json(path)
+        if not isinstance(results, dict) or not results.get("complete") or results.get("pending"):
             raise FileNotFoundError(f"{path}: the run has not finished training and evaluation")
-        results["seed"] = yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
+        configs.append(read_run_config(run_dir))
+        results["seed"] = configs[-1].get("seed")
         out.append(results)
+    check_one_configuration(list(map(Path, run_dirs)), configs)
     return out
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the run's config ({str(exc).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected the run's resolved config (a mapping)")
+    return config
+
+
+def check_one_configuration(run_dirs: list[Path], configs: list[dict]) -> None:
+    """Seeds of one configuration only: statistics over runs of different settings describe none."""
+    def comparable(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in NOT_CONFIGURATION}
+    for run_dir, config in zip(run_dirs[1:], configs[1:]):
+        differences = config_differences(comparable(configs[0]), comparable(config))
+        if differences:
+            raise ConfigError(f"{run_dirs[0]} and {run_dir} are different configurations "
+                              f"({'; '.join(differences[:5])}); a summary pools the seeds of one configuration: "
+                              "give each configuration's runs separately (e.g. A --versus B)")
 
 
 def summarize(results: list[dict]) -> dict:
@@ -49,7 +80,8 @@ def summarize(results: list[dict]) -> dict:
         if any(v is None for v in values):
             continue
         metrics[label] = {"values": values, **seed_stats(values).as_dict()}
-    rankings = sorted({r["retrieval"].get("ranking", f"k_test={r['retrieval']['k_test']}") for r in results})
+    rankings = sorted({r["retrieval"].get("ranking", f"k_test={r['retrieval']['k_test']}")
+                       for r in results if "retrieval" in r}) or ["no retrieval evaluation"]
     return {"runs": [r["run_dir"] for r in results], "seeds": [r["seed"] for r in results],
             "experiments": sorted({r["experiment"] for r in results}), "ranking": rankings, "metrics": metrics}
 

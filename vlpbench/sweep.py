@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from vlpbench.config import (ConfigError, ExperimentConfig, StrictModel, config_
                              read_experiment)
 
 MAX_RUN_ID = 120
+MAX_SWEEP_RUNS = 10_000  # a larger grid is refused unless --max-runs allows it (each run is validated)
 
 
 class SweepConfig(StrictModel):
@@ -98,6 +100,13 @@ class Sweep:
         return self.directory / run.run_id
 
 
+def run_count(sweep: SweepConfig) -> int:
+    """How many runs the sweep expands to, counted without expanding it."""
+    grid = math.prod(len(values) for values in sweep.grid.values())
+    zipped = len(next(iter(sweep.zip.values()))) if sweep.zip else 1
+    return grid * zipped * (len(sweep.seeds) if sweep.seeds is not None else 1)
+
+
 def combinations(sweep: SweepConfig) -> list[list[tuple[str, Any]]]:
     """(key, value) pairs of every run: grid product x zipped rows x seeds, in file order."""
     grid = [[(key, v) for v in values] for key, values in sweep.grid.items()]
@@ -153,10 +162,11 @@ def read_sections(path: Path, overrides: list[str] = ()) -> tuple[dict, SweepCon
 
 
 def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | None = None,
-               executor: str | None = None, jobs: int | None = None) -> Sweep | None:
+               executor: str | None = None, jobs: int | None = None, max_runs: int = MAX_SWEEP_RUNS) -> Sweep | None:
     """The expanded sweep of an experiment file (None if it has no ``sweep`` and no ``seeds``).
 
-    Every run's config is validated here, so a bad value fails before anything runs, naming the run.
+    Every run's config is validated here, so a bad value fails before anything runs, naming the run;
+    a sweep of more than ``max_runs`` runs is refused before it is expanded.
     """
     path = Path(path)
     raw, sweep_cfg, launcher = read_sections(path, overrides)
@@ -165,11 +175,18 @@ def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | N
     if sweep_cfg is None:
         return None
     launcher = launcher.model_copy(update={k: v for k, v in (("executor", executor), ("jobs", jobs)) if v})
+    if run_count(sweep_cfg) > max_runs:
+        raise ConfigError(f"{path}: sweep: {run_count(sweep_cfg):,} runs, more than {max_runs:,}; pass --max-runs "
+                          f"{run_count(sweep_cfg)} if you mean it")
     pairs_of_runs = combinations(sweep_cfg)
     names = short_keys([k for k, _ in pairs_of_runs[0]])
-    runs = []
+    runs, seen = [], {}
     for pairs in pairs_of_runs:
         rid = run_id(pairs, names)
+        if rid in seen:
+            raise ConfigError(f"{path}: sweep: two runs would share the directory {rid!r}: {seen[rid]} and "
+                              f"{pairs}; make the values distinct as text (e.g. 0.5 and '0.5' are one id)")
+        seen[rid] = pairs
         own = tuple(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                     for k, v in pairs)
         try:
@@ -178,8 +195,6 @@ def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | N
         except ConfigError as exc:
             raise ConfigError(f"sweep run {rid}: {exc}") from None
         runs.append(SweepRun(rid, own, cfg))
-    if len({r.run_id for r in runs}) != len(runs):
-        raise ConfigError(f"{path}: sweep: two runs have the same id; are values repeated in a list?")
     first = runs[0].config
     return Sweep(path, tuple(overrides), first.name, Path(first.output_dir) / first.name, runs, launcher)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from vlpbench import distributed
+from vlpbench.checkpoint import load_weights
 from vlpbench.config import ConfigError, ExperimentConfig, TrainConfig
 from vlpbench.io import append_jsonl
 from vlpbench.method import Progress, VLPMethod
@@ -66,6 +68,35 @@ def request_stop() -> None:
 
 def stop_requested() -> bool:
     return _stop.is_set()
+
+
+def clear_stop() -> None:
+    """Forget an earlier stop request (a new command, or a new job, starts here)."""
+    _stop.clear()
+
+
+@contextlib.contextmanager
+def checkpoint_on_signals(log=print):
+    """While training: SIGINT (Ctrl-C) or SIGTERM asks ``fit`` to finish its step, checkpoint it
+    and return, so a resume continues at that step; a second Ctrl-C aborts at once. Outside the
+    main thread (signals go to the main thread only) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum, frame):
+        if _stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        _stop.set()
+        log(f"\n{signal.Signals(signum).name}: stopping after this step, which is checkpointed "
+            "(Ctrl-C again aborts without it)")
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -124,7 +155,7 @@ class Trainer:
                                  tokenizer_json=tokenizer_json)
 
     def load_checkpoint(self, state: dict) -> None:
-        self.method.load_state_dict(state["model"])
+        load_weights(self.method, state["model"], state["file"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
 
@@ -177,6 +208,11 @@ class Trainer:
             raise ConfigError(f"--stop-at {stop_at}: expected a step after the checkpoint's step {self.step} "
                               f"and at most train.steps ({t.steps})")
         last = t.steps if stop_at is None else stop_at
+        with checkpoint_on_signals():
+            return self._fit(tokenizer_json, last, curve)
+
+    def _fit(self, tokenizer_json: str, last: int, curve) -> dict:
+        t = self.cfg.train
         self.method.train()
         batches = self.batches()
         samples_per_step = t.batch_size * t.grad_accum_steps

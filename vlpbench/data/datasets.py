@@ -93,7 +93,7 @@ def load_image(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise RecordError("image file cannot be decoded", f"{path.absolute()} ({type(exc).__name__}: {exc})") from None
 
 
@@ -102,9 +102,11 @@ def read_annotation_file(ann_file: str | Path) -> list:
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
     try:
-        records = json.loads(path.read_text())
+        records = json.loads(path.read_bytes())  # UTF-8, or UTF-16/32 (JSON's encodings, told by their zeros)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not text in UTF-8, UTF-16 or UTF-32 ({exc.reason} at byte {exc.start})") from None
     if not isinstance(records, list):
         raise DatasetError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return records

@@ -127,7 +127,8 @@ class DownstreamTask(abc.ABC):
         source = self.source(split)
         records = load_records(source.ann_files, source.image_root, parse, self.cfg.data.on_bad_record,
                                self.cfg.data.verify_images, self.skips,
-                               f"set data.on_bad_record: skip (downstream.{self.name}.data.{split})")
+                               f"set data.on_bad_record: skip (downstream.{self.name}.data.{split}; "
+                               "vlpbench downstream takes -o data.on_bad_record=skip)")
         limit = self.task_cfg.data.max_test_records if split == "test" else None
         return records[:limit] if limit else records
 

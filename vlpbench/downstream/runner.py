@@ -9,19 +9,22 @@ evaluated on its test split. Layout inside the run directory::
     downstream.csv                    one row per task and metric, with the baselines beside it
 
 and the run's ``results.json`` gains ``downstream: {task: ...}``. A task with ``results.json``
-is done and is not run again.
+is done and is not run again. A task folder made with other settings than those now given is
+refused, naming the keys, unless ``restart`` (``--restart``) clears it: its checkpoint and result
+belong to the settings it was trained with.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import torch
 import yaml
 
 from vlpbench import pipeline
-from vlpbench.config import EvalConfig, ExperimentConfig
+from vlpbench.config import ConfigError, EvalConfig, ExperimentConfig, config_differences
 from vlpbench.downstream.common import DownstreamTask
 from vlpbench.downstream.grounding import GroundingTask
 from vlpbench.downstream.nlvr2 import NLVR2Task
@@ -40,12 +43,38 @@ TASKS: dict[str, type[DownstreamTask]] = {"retrieval": RetrievalTask, "vqa": VQA
 
 
 def run_tasks(run: RunDir, cfg: ExperimentConfig, device: torch.device, tasks: list[str] | None = None,
-              log=print) -> dict:
+              log=print, restart: bool = False) -> dict:
     """Every task of ``tasks`` (default ``downstream.tasks``), in order; returns ``{task: result}``
     and records them in the run's ``results.json`` and ``downstream.csv``."""
-    results = {name: run_task(run, cfg, name, device, log) for name in (tasks or cfg.downstream.tasks)}
+    tasks = tasks or cfg.downstream.tasks
+    for name in tasks:  # every task's settings are checked before any trains
+        check_task_settings(run, cfg, name, restart)
+    results = {}
+    for name in tasks:
+        with RunDir(run.path / "downstream" / name).claim():
+            results[name] = run_task(run, cfg, name, device, log)
     record_results(run, results)
     return results
+
+
+def task_settings(cfg: ExperimentConfig, name: str) -> dict:
+    """What a task's ``config.yaml`` records: its resolved section of ``downstream``."""
+    return {name: getattr(cfg.downstream, name).model_dump(mode="json")}
+
+
+def check_task_settings(run: RunDir, cfg: ExperimentConfig, name: str, restart: bool) -> None:
+    """A task folder trained with other settings is refused (naming the keys), or cleared with ``restart``."""
+    folder = run.path / "downstream" / name
+    if not (folder / "config.yaml").is_file():
+        return
+    recorded = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    differences = config_differences(recorded, task_settings(cfg, name))
+    if differences and restart:
+        shutil.rmtree(folder)
+    elif differences:
+        raise ConfigError(f"{folder}: trained with other settings than those now given "
+                          f"({'; '.join(differences[:5])}); its checkpoint and result belong to those. "
+                          "Pass --restart to discard it and train the task afresh, or restore the settings")
 
 
 def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device, log=print) -> dict:
@@ -64,7 +93,7 @@ def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device
     torch.manual_seed(cfg.seed)  # the task head's initialisation
     model = task.build_model(method).to(device)
     trainer = Trainer(task_config(cfg, name), model, task.train_dataset(), task.collate, task_run, device)
-    write_text(task_run.path / "config.yaml", yaml.safe_dump({name: task_cfg.model_dump(mode="json")}, sort_keys=False))
+    write_text(task_run.path / "config.yaml", yaml.safe_dump(task_settings(cfg, name), sort_keys=False))
     resume_task(trainer, task_run, device, log)
     log(f"{name}: fine-tuning {cfg.method.name} for {task_cfg.train.steps} steps ({len(trainer.dataset)} examples)")
     train = trainer.fit(tokenizer.to_json())

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpbench.zoo.layers import TransformerBlock, mean_head_scores, padding_mask_to_attn_mask
-from vlpbench.zoo.weights import load_state_dict_from
+from vlpbench.zoo.weights import PretrainedWeightsError, load_state_dict_from, load_with_report
 
 
 @dataclass(frozen=True)
@@ -215,12 +215,11 @@ def create_text_model(preset: str, image_width: int | None, pretrained: str | No
         state = load_state_dict_from(pretrained, kind="text")
         if not any(k.startswith("text_layers.") for k in state):  # a Hugging Face BERT, not a vlpbench text model
             if p.pre_norm:
-                raise ValueError(f"pretrained text weights {pretrained!r} are a post-LN BERT; they do not fit a "
+                raise PretrainedWeightsError(f"pretrained text weights {pretrained!r} are a post-LN BERT; they do not fit a "
                                  "pre_norm text model (pre_norm is for models trained from scratch)")
             state = hf_bert_to_vlpbench(state, p.text_layers)
         _check_shapes(model, state, pretrained)
-        result = model.load_state_dict(state, strict=False)
-        model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+        model.load_report = load_with_report(model, state, pretrained, "text")
     return model
 
 
@@ -229,6 +228,6 @@ def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise ValueError(f"pretrained text weights {source!r} do not fit the preset: " + "; ".join(bad[:5]))
+        raise PretrainedWeightsError(f"pretrained text weights {source!r} do not fit the preset: " + "; ".join(bad[:5]))
     if not any(k in own for k in state):
-        raise ValueError(f"pretrained text weights {source!r} contain no BERT parameters we recognise")
+        raise PretrainedWeightsError(f"pretrained text weights {source!r} contain no BERT parameters we recognise")

@@ -10,7 +10,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from vlpbench.zoo.weights import load_state_dict_from
+from vlpbench.zoo.weights import PretrainedWeightsError, load_state_dict_from, load_with_report
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ class VisionEncoder(nn.Module):
 def create_vision_encoder(preset: str, pretrained: str | None = None, image_size: int | None = None,
                           **overrides) -> VisionEncoder:
     """Build a ViT from a named preset with random weights; ``pretrained`` loads a local file,
-    directory or hub name (position embeddings are resampled to ``image_size``)."""
+    directory or hub name (position embeddings are resampled to ``image_size``); ``load_report``
+    then says what the file filled (``vlpbench.zoo.weights``)."""
     if preset not in VISION_PRESETS:
         raise KeyError(f"unknown vision preset {preset!r}; known: {sorted(VISION_PRESETS)}")
     p = VISION_PRESETS[preset]
@@ -92,8 +93,8 @@ def create_vision_encoder(preset: str, pretrained: str | None = None, image_size
     encoder.load_report = None
     if pretrained:
         state = checkpoint_filter_fn(load_state_dict_from(pretrained, kind="vision"), vit)
-        result = vit.load_state_dict(state, strict=False)
         if not any(k in vit.state_dict() for k in state):
-            raise ValueError(f"pretrained vision weights {pretrained!r} contain no ViT parameters we recognise")
-        encoder.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+            raise PretrainedWeightsError(f"pretrained vision weights {pretrained!r} contain no ViT parameters we "
+                                         "recognise")
+        encoder.load_report = load_with_report(vit, state, pretrained, "vision")
     return encoder

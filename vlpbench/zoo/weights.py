@@ -1,4 +1,12 @@
-"""Loading pretrained weights from a local path (file or directory) or a hub name."""
+"""Loading pretrained weights from a local path (file or directory) or a hub name, and the
+load report: which of the model's keys the file did not fill, and which of its keys had no place.
+
+Some mismatches are expected and documented (``EXPECTED_MISMATCH``): a text model's fresh
+cross-attention (ALBEF adds it to BERT's upper half) and the MLM head of a BERT saved without one
+(e.g. a sentence-transformers MiniLM) start random; a ViT checkpoint's classifier head is dropped.
+Anything else is an error at the boundary (``vlpbench.pipeline.build_method``) unless the config's
+``allow_partial`` accepts it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,27 @@ import torch
 
 _DIR_CANDIDATES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "open_clip_model.safetensors")
 _NESTED_KEYS = ("model", "state_dict", "module")
+# kind -> key fragments a load may leave missing / find unexpected without being an error
+EXPECTED_MISMATCH = {
+    "vision": {"missing": (), "unexpected": ("head.",)},
+    "text": {"missing": (".cross_attn", "mlm_head."), "unexpected": ()},
+}
+
+
+class PretrainedWeightsError(ValueError):
+    """Pretrained weights that cannot be read or do not fit, phrased for the user."""
+
+
+def load_with_report(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, kind: str) -> dict:
+    """Load what fits of ``state`` into ``module``; return the load report (missing and unexpected
+    keys, and those of them ``EXPECTED_MISMATCH`` does not explain)."""
+    result = module.load_state_dict(state, strict=False)
+    expected = EXPECTED_MISMATCH[kind]
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    return {"kind": kind, "source": source, "loaded": len(state) - len(unexpected),
+            "missing": missing, "unexpected": unexpected,
+            "unexplained_missing": [k for k in missing if not any(part in k for part in expected["missing"])],
+            "unexplained_unexpected": [k for k in unexpected if not any(part in k for part in expected["unexpected"])]}
 
 
 def load_state_dict_from(source: str, kind: str) -> dict[str, torch.Tensor]:
@@ -33,11 +62,21 @@ def load_state_dict_from(source: str, kind: str) -> dict[str, torch.Tensor]:
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise PretrainedWeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle that is not plain tensors (refused), a truncated or foreign file
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise PretrainedWeightsError(f"{path}: not loadable as weights ({type(exc).__name__}: {first}); expected "
+                                     "safetensors or a torch file of tensors") from None
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsError(f"{path}: expected a state dict of tensors")
     return state
 
 
