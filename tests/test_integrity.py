@@ -367,3 +367,27 @@ def test_downstream_config_boundaries(tiny_config):
     with pytest.raises(ConfigError, match=r"downstream.grounding.gradcam_layer: 2, but 'albef' builds 2 text-to-image "
                                           r"cross-attention layers here \(expected 0..1\)"):
         config_from_dict({**tiny_config, "downstream": {"tasks": ["grounding"]}})
+
+
+def test_a_downstream_task_stopped_by_a_signal_is_checkpointed_not_evaluated(tiny_config, monkeypatch, capsys):
+    from vlpbench import train
+    task = {"train": {"steps": 3, "batch_size": 4, "lr": 1e-4, "log_every": 1}, "data": {"max_test_records": 6},
+            "eval_batch_size": 4}
+    config = config_from_dict({**tiny_config, "downstream": {"snli_ve": task}})
+    run = RunDir.create(config)
+    run_experiment(config, run, **QUIET)
+    real_step = train.Trainer.train_step
+
+    def step_then_signal(self, batches):
+        logged = real_step(self, batches)
+        train.request_stop()  # as the SIGTERM handler does
+        return logged
+    monkeypatch.setattr(train.Trainer, "train_step", step_then_signal)
+    assert main(["downstream", str(run.path), "--tasks", "snli_ve"]) == 130
+    assert "stopped: snli_ve stopped at step 1 of 3, checkpointed" in capsys.readouterr().err
+    task_run = RunDir(run.path / "downstream" / "snli_ve")
+    assert [p.name for p in task_run.checkpoint_paths()] == ["step_00000001.pt"]
+    assert not (task_run.path / "results.json").exists()
+    monkeypatch.setattr(train.Trainer, "train_step", real_step)
+    assert main(["downstream", str(run.path), "--tasks", "snli_ve"]) == 0
+    assert json.loads((task_run.path / "results.json").read_text())["train"]["steps_this_session"] == 2

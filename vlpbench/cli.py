@@ -541,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or a task stopped on a signal (checkpointed)
+        print(f"stopped: {exc}" if str(exc) else "interrupted: the run resumes from its last checkpoint",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ number of ``results.json`` flattened to its key path (``retrieval.itm.r_mean``, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from vlpbench.io import CorruptFileError, read_json
 from vlpbench.launch import run_state
 
 
@@ -44,7 +44,12 @@ def load(folder: str | Path) -> pd.DataFrame:
         if (path / "config.yaml").is_file():
             row.update(flatten(yaml.safe_load((path / "config.yaml").read_text()), "config"))
         if (path / "results.json").is_file():
-            results = json.loads((path / "results.json").read_text())
+            try:
+                results = read_json(path / "results.json")
+            except CorruptFileError as exc:
+                row["results_error"] = str(exc)
+                rows.append(row)
+                continue
             row.update({k: v for k, v in flatten(results).items() if isinstance(v, (int, float, bool, str))
                         and k not in ("run_dir",)})
         rows.append(row)

@@ -70,6 +70,10 @@ def stop_requested() -> bool:
     return _stop.is_set()
 
 
+class StoppedBySignal(KeyboardInterrupt):
+    """Training stopped on a signal after checkpointing its step; running it again resumes there."""
+
+
 def clear_stop() -> None:
     """Forget an earlier stop request (a new command, or a new job, starts here)."""
     _stop.clear()

@@ -35,7 +35,7 @@ from vlpbench.evaluate import eval_mode
 from vlpbench.experiment import load_trained
 from vlpbench.io import write_json, write_text
 from vlpbench.rundir import RunDir
-from vlpbench.train import Trainer
+from vlpbench.train import StoppedBySignal, Trainer
 from vlpbench.zoo.vision import VisionEncoder
 
 TASKS: dict[str, type[DownstreamTask]] = {"retrieval": RetrievalTask, "vqa": VQATask, "nlvr2": NLVR2Task,
@@ -97,6 +97,9 @@ def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device
     resume_task(trainer, task_run, device, log)
     log(f"{name}: fine-tuning {cfg.method.name} for {task_cfg.train.steps} steps ({len(trainer.dataset)} examples)")
     train = trainer.fit(tokenizer.to_json())
+    if trainer.step < task_cfg.train.steps:  # a signal stopped it: evaluate nothing half-trained
+        raise StoppedBySignal(f"{name} stopped at step {trainer.step} of {task_cfg.train.steps}, checkpointed; "
+                              f"`vlpbench downstream {run.path}` resumes it")
     with eval_mode(model):
         evaluation = task.evaluate(model, device)
     result = {"task": name, **evaluation, "image_size": image_size, "train": train,
