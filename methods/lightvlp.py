@@ -33,7 +33,8 @@ from pydantic import Field
 from torch import nn
 
 from vlpbench.config import MethodConfig, divisibility_problem
-from vlpbench.losses import itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify, sample_itm_negatives
+from vlpbench.losses import (false_negative_count, itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify,
+                             sample_itm_negatives)
 from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
 from vlpbench.method import Batch, ContrastiveEmbeddings, FusedPair, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
@@ -189,10 +190,11 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
         text_mask = tokens.kept_valid.long()
 
         losses, sim_i2t, sim_t2i = {}, None, None
+        matches = self.batch_matches(batch)
         if cfg.itc:
-            losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, batch, patches, tokens)
+            losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, batch, patches, tokens, matches)
         cross_image, cross_text, gate_logit = self.interact_with_negatives(image.states, text_states, text_mask,
-                                                                           sim_i2t, sim_t2i, losses)
+                                                                           sim_i2t, sim_t2i, losses, matches)
         if cfg.mir:
             out = self.gated_output(image.states, cross_image, gate_logit)
             pred = self.image_decoder(out, patches.restore_idx)
@@ -206,10 +208,12 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
                 else logits.sum() * 0.0
         losses["loss"] = sum(losses.values())
         losses["gate_p"] = torch.sigmoid(gate_logit.detach()).mean()
+        if matches is not None:
+            losses["false_negative_pairs"] = false_negative_count(matches)
         return losses
 
     def itc_loss(self, image: VisionOutput, text_states: torch.Tensor, batch: Batch, patches: PatchMask,
-                 tokens: TokenMask):
+                 tokens: TokenMask, matches: torch.Tensor | None = None):
         """Eq. 3 and 9 over the uni-modal [CLS] states of the kept tokens."""
         with torch.no_grad():
             teacher = self.teacher
@@ -218,14 +222,16 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
             text_m = self.encode_kept_text(teacher["text"], batch.input_ids, tokens)
             text_feat_m = F.normalize(teacher["text_proj"](text_m[:, 0]), dim=-1)
         return momentum_contrastive_loss(self.image_embedding(image), self.text_embedding(text_states), image_feat_m,
-                                         text_feat_m, self.image_queue, self.text_queue, self.config.temp)
+                                         text_feat_m, self.image_queue, self.text_queue, self.config.temp,
+                                         matches=matches)
 
-    def interact_with_negatives(self, image_states, text_states, text_mask, sim_i2t, sim_t2i, losses: dict):
+    def interact_with_negatives(self, image_states, text_states, text_mask, sim_i2t, sim_t2i, losses: dict,
+                                matches=None):
         """The cross stacks over the B pairs, plus (with ITM) a negative image per text and a negative
         text per image in the same pass; Eq. 10 on the gate. Returns the positives' part."""
         bs, labels = len(image_states), None
         if self.config.itm:
-            negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, self.config.itc, image_states.device)
+            negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, self.config.itc, image_states.device, matches)
             text_states, text_mask, image_states, labels = itm_pairs(text_states, text_mask, image_states, *negatives)
         cross_image, cross_text, gate_logit = self.interact(image_states, text_states, text_mask)
         if labels is not None:

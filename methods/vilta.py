@@ -69,6 +69,12 @@ class ViLTAConfig(MethodConfig):
     def cross_attention_layers(self, experiment) -> int:
         return self.fusion_layers
 
+    def itm_positive_fraction(self) -> float | None:
+        """B positives, B negative captions and, with random_image_negatives, B negative images."""
+        if not self.itm:
+            return None
+        return 1 / 3 if self.random_image_negatives else 1 / 2
+
     def has_contrastive_embedding(self) -> bool:
         return False
 
@@ -226,7 +232,7 @@ class ViLTA(VLPMethod):
         """Token ids and attention mask [B, L] of one negative caption per image (Sec. 3.3 or in-batch)."""
         ids, mask = batch.input_ids, batch.attention_mask
         if self.config.negatives == "in_batch":
-            _, other = sample_itm_negatives(None, None, len(ids), False, ids.device)
+            _, other = sample_itm_negatives(None, None, len(ids), False, ids.device, self.batch_matches(batch))
             return ids[other], mask[other]
         keyed = self.config.negatives == "pregenerated"
         uniforms = keyed_uniform(caption_keys(ids), 2) if keyed else None
@@ -262,7 +268,7 @@ class ViLTA(VLPMethod):
         texts = self.text.encode_text_only(torch.cat([batch.input_ids, negative_ids]), masks)
         images = torch.cat([image.states, image.states])
         if self.config.random_image_negatives:
-            neg_image, _ = sample_itm_negatives(None, None, bs, False, images.device)
+            neg_image, _ = sample_itm_negatives(None, None, bs, False, images.device, self.batch_matches(batch))
             texts, masks = torch.cat([texts, texts[:bs]]), torch.cat([masks, batch.attention_mask])
             images = torch.cat([images, image.states[neg_image]])
         logits = self.itm_logits(texts, masks, images)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vlpbench.config import MethodConfig, divisibility_problem
-from vlpbench.losses import (itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
+from vlpbench.losses import (false_negative_count, itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
                              sample_itm_negatives)
 from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, random_patch_masking
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
@@ -113,10 +113,10 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
         with torch.no_grad():
             full_image_m = self.teacher["visual_encoder"](batch.images)
 
-        losses = {}
+        losses, matches = {}, self.batch_matches(batch)
         losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, full_image_m, batch,
-                                                             self.current_alpha(progress))
-        negatives = sample_itm_negatives(sim_i2t, sim_t2i, len(batch), True, text_states.device)
+                                                             self.current_alpha(progress), matches)
+        negatives = sample_itm_negatives(sim_i2t, sim_t2i, len(batch), True, text_states.device, matches)
         texts, masks, images, labels = itm_pairs(text_states, batch.attention_mask, image.states, *negatives)
         losses["loss_itm"] = F.cross_entropy(self.match_logits(texts, masks, images), labels)
         losses["loss_mlm"] = self.mlm_loss(image, full_image_m, batch, self.current_alpha(progress))
@@ -126,17 +126,20 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
             losses["loss_ifr"] = F.l1_loss(image.cls, full_image_m.cls)  # Eq. 2, the target carries no gradient
         losses["loss"] = sum(losses.values())
         losses["temp"] = self.temp.detach()
+        if matches is not None:
+            losses["false_negative_pairs"] = false_negative_count(matches)
         return losses
 
     def itc_loss(self, image: VisionOutput, text_states: torch.Tensor, full_image_m: VisionOutput, batch: Batch,
-                 alpha: float):
+                 alpha: float, matches: torch.Tensor | None = None):
         """Eq. 3-4: the visible-patch image against momentum features of the full image and the text."""
         with torch.no_grad():
             image_feat_m = F.normalize(self.teacher["vision_proj"](full_image_m.cls), dim=-1)
             text_m = self.teacher["text"].encode_text(batch.input_ids, batch.attention_mask)
             text_feat_m = F.normalize(self.teacher["text_proj"](text_m[:, 0]), dim=-1)
         return momentum_contrastive_loss(self.image_embedding(image), self.text_embedding(text_states), image_feat_m,
-                                         text_feat_m, self.image_queue, self.text_queue, self.temp, alpha, True)
+                                         text_feat_m, self.image_queue, self.text_queue, self.temp, alpha, True,
+                                         matches)
 
     def mlm_loss(self, image: VisionOutput, full_image_m: VisionOutput, batch: Batch, alpha: float) -> torch.Tensor:
         """Eq. 6: masked tokens from the masked text and the visible patches (with ``distill_mlm``,

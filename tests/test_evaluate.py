@@ -1,6 +1,10 @@
+import math
+
+import pytest
 import torch
 
-from vlpbench.evaluate import chance_metrics, rank_of_first_match, retrieval_metrics
+from vlpbench.evaluate import (below_reranked, chance_metrics, contrastive_test_loss, rank_of_first_match,
+                               retrieval_metrics)
 
 
 def test_recall_at_k_on_a_hand_made_matrix():
@@ -88,6 +92,9 @@ class TableMethod:
     def text_embedding(self, text_states):
         return torch.ones(text_states.shape[0], 4) / 2
 
+    def itc_temperature(self):
+        return None
+
     def match_score(self, text_states, attention_mask, image_states):
         self.calls += text_states.shape[0]
         return self.table[text_states[:, 0, 0].long(), image_states[:, 0, 0].long()]
@@ -100,11 +107,17 @@ class IndexDataset:
         self.text_to_image = torch.arange(num_images).repeat_interleave(captions_per_image)
 
     def image_tensor(self, index):
-        return torch.full((3, 2, 2), float(index))
+        return torch.full((3, 2, 2), float(self.images[index]))  # the image's global id
 
     def head(self, num_images):
+        return self.subset(0, num_images)
+
+    def subset(self, start, stop):
         per_image = len(self.texts) // len(self.images)
-        return IndexDataset(num_images, per_image)
+        out = IndexDataset(stop - start, per_image)
+        out.images = self.images[start:stop]
+        out.texts = self.texts[start * per_image:stop * per_image]
+        return out
 
 
 def index_tokenizer(texts, max_len):
@@ -123,7 +136,8 @@ def test_k_test_all_ranks_every_candidate_by_itm():
         table[t, i] = 1.0 if t % 2 == 0 else 0.5
         table[t, (i + 1) % 6] = 0.9 if t % 2 else 0.0
     method = TableMethod(table)
-    out = evaluate_retrieval(method, data, index_tokenizer, RetrievalEvalConfig(k_test="all", batch_size=5), 8, "cpu")
+    out = evaluate_retrieval(method, data, index_tokenizer, RetrievalEvalConfig(k_test="all", batch_size=5,
+                                                                                      itm_diagnostics=False), 8, "cpu")
     assert method.calls == 6 * 12  # every pair once, shared by both directions
     assert out["ranking"] == "ITM over all candidates"
     assert out["itm"]["img_r1"] == 50.0 and out["itm"]["img_r5"] == 100.0  # even texts rank 1, odd rank 2
@@ -140,6 +154,64 @@ def test_max_images_evaluates_the_first_images_and_their_captions_only():
     data = IndexDataset(num_images=6, captions_per_image=2)
     table = torch.eye(6).repeat_interleave(2, dim=0)  # each text matches its own image only
     method = TableMethod(table)
-    out = evaluate_retrieval(method, data, index_tokenizer, RetrievalEvalConfig(k_test="all", max_images=3), 8, "cpu")
+    settings = RetrievalEvalConfig(k_test="all", max_images=3, itm_diagnostics=False)
+    out = evaluate_retrieval(method, data, index_tokenizer, settings, 8, "cpu")
     assert method.calls == 3 * 6 and out["num_images"] == 3 and out["num_texts"] == 6
     assert out["itm"]["txt_r1"] == out["itm"]["img_r1"] == 100.0
+
+
+# ---- continuous metrics (issue 21.3) on a constructed score matrix ----
+SIMS = torch.tensor([[0.9, 0.1, 0.5, 0.2], [0.3, 0.4, 0.8, 0.7]])  # 2 images x 4 texts
+TEXT_TO_IMAGE = torch.tensor([0, 0, 1, 1])
+
+
+def test_mean_reciprocal_rank_on_a_hand_made_score_matrix():
+    # TR: each image's first true caption is ranked first (1, 1); IR: texts 0, 2, 3 find their
+    # image first, text 1 ranks image 1 (0.4) above its image 0 (0.1): 1/2 -> IR MRR 0.875
+    metrics = retrieval_metrics(SIMS, SIMS.T, TEXT_TO_IMAGE)
+    assert metrics["mrr"] == pytest.approx(50.0 * (1.0 + 0.875))
+
+
+def test_itc_test_loss_is_the_mean_negative_log_probability_of_the_true_match():
+    def nll(row, true):
+        return math.log(sum(math.exp(v) for v in row)) - math.log(sum(math.exp(row[i]) for i in true))
+    i2t = [nll(SIMS[0].tolist(), [0, 1]), nll(SIMS[1].tolist(), [2, 3])]  # an image's captions pooled
+    t2i = [nll(SIMS[:, t].tolist(), [int(TEXT_TO_IMAGE[t])]) for t in range(4)]
+    expected = (sum(i2t) / 2 + sum(t2i) / 4) / 2
+    assert contrastive_test_loss(SIMS, TEXT_TO_IMAGE, temperature=1.0) == pytest.approx(expected)
+    assert contrastive_test_loss(SIMS * 2, TEXT_TO_IMAGE, 2.0) == pytest.approx(expected)  # only sims / T counts
+
+
+def test_candidates_outside_the_reranked_top_k_keep_their_itc_order_below_them():
+    scores = torch.tensor([[5.0, float("-inf"), 3.0, float("-inf")]])
+    full = below_reranked(scores, torch.tensor([[0.1, 0.9, 0.2, 0.3]]))
+    assert full.argsort(dim=1, descending=True).tolist() == [[0, 2, 1, 3]]
+
+
+def test_chance_mean_reciprocal_rank():
+    # 4 images, 1 caption each: E[1/r] for a uniform r in 1..4 = (1 + 1/2 + 1/3 + 1/4) / 4 both ways
+    chance = chance_metrics(torch.arange(4))
+    assert chance["mrr"] == pytest.approx(100.0 * (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def test_folds_are_disjoint_galleries_and_the_result_is_their_mean():
+    from vlpbench.config import RetrievalEvalConfig
+    from vlpbench.evaluate import evaluate_retrieval
+
+    data = IndexDataset(num_images=6, captions_per_image=2)
+    table = torch.zeros(12, 6)
+    for t, i in enumerate(data.text_to_image.tolist()):
+        table[t, i] = 1.0 if i < 3 else 0.0  # images 0-2 are ranked by ITM, images 3-5 are not
+        table[t, (i + 1) % 6] = 0.5
+    settings = RetrievalEvalConfig(k_test="all", fold_images=3, itm_diagnostics=False)
+    out = evaluate_retrieval(TableMethod(table), data, index_tokenizer, settings, 8, "cpu")
+    first, second = (evaluate_retrieval(TableMethod(table), data.subset(a, a + 3), index_tokenizer,
+                                        RetrievalEvalConfig(k_test="all", itm_diagnostics=False), 8, "cpu")
+                     for a in (0, 3))
+    assert first["itm"]["img_r1"] == 100.0 and second["itm"]["img_r1"] < 100.0
+    assert out["folds"]["count"] == 2 and out["folds"]["images"] == 3
+    assert out["folds"]["itm_r_mean"] == [first["itm"]["r_mean"], second["itm"]["r_mean"]]
+    assert out["itm"]["r_mean"] == pytest.approx((first["itm"]["r_mean"] + second["itm"]["r_mean"]) / 2)
+    assert out["folds"]["itm_r_mean_std"] == pytest.approx(abs(first["itm"]["r_mean"] - second["itm"]["r_mean"])
+                                                           / math.sqrt(2))
+    assert out["num_images"] == 6 and out["chance"]["r_mean"] == first["chance"]["r_mean"]

@@ -1,10 +1,13 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from vlpbench.losses import (contrastive_loss, distillation_targets, mlm_loss, negative_sampling_weights,
+from vlpbench.losses import (contrastive_loss, distillation_targets, false_negative_count, matching_pairs, mlm_loss,
+                             momentum_contrastive_loss, negative_sampling_weights, sample_itm_negatives,
                              sample_negatives)
+from vlpbench.momentum import FeatureQueue
 
 
 def test_contrastive_loss_hand_value():
@@ -70,3 +73,35 @@ def test_hard_negative_weights_survive_softmax_underflow():
     sim = torch.tensor([[1000.0, -1000.0], [-1000.0, 1000.0]])
     weights = negative_sampling_weights(sim, 2, hard=True)
     assert sample_negatives(weights).tolist() == [1, 0]
+
+
+# ---- false negatives (issue 21.5) on a constructed batch ----
+
+def test_matching_pairs_are_the_same_image_or_an_identical_caption():
+    # pairs 0 and 2 show one image; pairs 1 and 3 have the same caption (padding ignored)
+    ids = torch.tensor([[1, 5, 6, 0], [1, 7, 0, 0], [1, 8, 9, 2], [1, 7, 0, 3]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    matches = matching_pairs(ids, mask, torch.tensor([10, 11, 10, 12]))
+    assert matches.tolist() == [[True, False, True, False], [False, True, False, True],
+                                [True, False, True, False], [False, True, False, True]]
+    assert false_negative_count(matches).item() == 4.0  # (0, 2), (2, 0), (1, 3), (3, 1)
+
+
+def test_matching_pairs_are_never_itm_negatives_and_share_the_itc_target():
+    matches = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    sim = torch.tensor([[0.0, 9.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # hard sampling would pick them
+    for _ in range(20):
+        neg_image, neg_text = sample_itm_negatives(sim, sim, 3, True, "cpu", matches)
+        assert neg_image.tolist()[:2] == [2, 2] and neg_text.tolist()[:2] == [2, 2]
+    feats = F.normalize(torch.randn(3, 4), dim=1)
+    image_queue, text_queue = FeatureQueue(3, 4), FeatureQueue(3, 4)
+    image_q, text_q = image_queue.features.clone(), text_queue.features.clone()  # before enqueueing
+    loss, *_ = momentum_contrastive_loss(feats, feats, feats, feats, image_queue, text_queue, temp=1.0,
+                                         matches=matches)
+    targets = torch.cat([matches.float() / matches.sum(1, keepdim=True), torch.zeros(3, 3)], dim=1)
+
+    def cross_entropy(sim):
+        return -(targets * sim.log_softmax(1)).sum(1).mean()
+    expected = 0.5 * (cross_entropy(feats @ torch.cat([feats, text_q]).T) +
+                      cross_entropy(feats @ torch.cat([feats, image_q]).T))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

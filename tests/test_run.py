@@ -55,7 +55,9 @@ def test_config_error_exits_with_message(tiny_config, tmp_path, capsys):
     assert "bad.yaml" in err and "method.queue_size" in err
 
 
-def test_resume_equals_uninterrupted(tiny_config):
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_resume_equals_uninterrupted(tiny_config, ema):
+    tiny_config["eval"]["ema"] = ema  # the weight average is checkpointed and continued too
     tiny_config["train"].update(steps=6, checkpoint_every=3, keep_checkpoints=5)
     tiny_config["data"]["augment"] = {"crop_scale_min": 0.6, "hflip": True}
     tiny_config["eval"]["retrieval"]["enabled"] = False
@@ -272,3 +274,28 @@ def test_tensorboard_event_files_mirror_the_metrics_and_nothing_changes_without_
     run = RunDir.create(cfg.model_copy(update={"name": "tiny_no_tb"}))
     run_experiment(cfg, run, log=lambda *a: None)
     assert not (run.path / "tensorboard").exists() and run.metrics_file.is_file()
+
+
+def test_the_weight_average_follows_its_decay_and_is_what_the_final_checkpoint_holds(tiny_config):
+    from vlpbench.train import WeightAverage
+    weight = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        weight.weight.fill_(1.0)
+    average = WeightAverage(weight, decay=0.5)
+    for value, expected in ((3.0, 2.0), (5.0, 3.5)):  # a <- 0.5 a + 0.5 w
+        with torch.no_grad():
+            weight.weight.fill_(value)
+        average.update()
+        assert average.state_dict()["weight"].item() == expected
+    tiny_config["eval"]["ema"] = 0.5
+    tiny_config["eval"]["retrieval"]["enabled"] = False
+    tiny_config["train"].update(steps=4, checkpoint_every=3, keep_checkpoints=5)
+    cfg = config_from_dict(tiny_config)
+    run = RunDir.create(cfg)
+    run_experiment(cfg, run, **QUIET)
+    step3, step4 = (read_checkpoint(p) for p in run.checkpoint_paths())
+    assert step4["model"].keys() >= step4["weight_average"].keys()
+    for name, averaged in step4["weight_average"].items():  # the final checkpoint's weights are the average
+        assert torch.equal(step4["model"][name], averaged), name
+    moved = [n for n, a in step4["weight_average"].items() if not torch.equal(a, step3["model"][n])]
+    assert moved  # and it moved on from step 3

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from vlpbench.stats import difference_interval, minimum_detectable_difference, pooled_std, seed_stats
+from vlpbench.stats import (compare_seeds, difference_interval, minimum_detectable_difference, paired_difference,
+                            pooled_std, seed_stats)
 from vlpbench.summary import format_comparison, format_summary, summarize
 
 T975 = {4: 2.7764, 8: 2.3060}  # t_{0.975, df}
@@ -60,7 +61,36 @@ def test_comparison_reports_the_difference_with_its_interval():
                 "train": {"seconds": 1.0}, "retrieval": {"itm": {"r_mean": r_mean, "txt_r1": 0.0, "img_r1": 0.0},
                                                          "itc": {"r_mean": r_mean}, "k_test": 16, "seconds": 1.0}}
     a = summarize([result("a", s, v) for s, v in enumerate([1.0, 2.0, 3.0])])
-    b = summarize([result("b", s, v) for s, v in enumerate([4.0, 5.0, 6.0])])
+    b = summarize([result("b", s + 3, v) for s, v in enumerate([4.0, 5.0, 6.0])])  # other seeds: Welch
     line = next(row for row in format_comparison(a, b).splitlines() if row.startswith("r_mean "))
-    # difference 3, Welch half width 2.7764 * sqrt(2/3) = 2.267, pooled std 1
-    assert line.split() == ["r_mean", "3.00", "[0.73,", "5.27]", "1.00", "yes"]
+    # difference 3, Welch half width 2.7764 * sqrt(2/3) = 2.267; MDD (2.7764 + 0.9410) * 1 * sqrt(2/3) = 3.035
+    assert line.split() == ["r_mean", "3.00", "[0.73,", "5.27]", "welch", "nan", "3.04", "yes"]
+    paired = summarize([result("b", s, v) for s, v in enumerate([4.5, 5.0, 6.5])])  # seeds 0, 1, 2 as a's
+    line = next(row for row in format_comparison(a, paired).splitlines() if row.startswith("r_mean "))
+    # differences 3.5, 3, 3.5: mean 3.333, s_d 0.2887, half 4.3027 * 0.2887 / sqrt(3) = 0.717
+    assert line.split()[:5] == ["r_mean", "3.33", "[2.62,", "4.05]", "paired"]
+
+
+def test_paired_difference_on_hand_made_seeds():
+    # seeds 0, 1, 2: differences 1, 2, 2 -> mean 5/3, s_d = sqrt(1/3), t(0.975, 2) = 4.302653
+    d = paired_difference([1.0, 2.0, 3.0], [2.0, 4.0, 5.0])
+    half = 4.302653 * math.sqrt(1 / 3) / math.sqrt(3)
+    assert d.test == "paired" and d.n == 3
+    assert d.delta == pytest.approx(5 / 3)
+    assert (d.ci95_low, d.ci95_high) == (pytest.approx(5 / 3 - half, abs=1e-5), pytest.approx(5 / 3 + half, abs=1e-5))
+    assert d.correlation == pytest.approx(1.5 / math.sqrt(7 / 3))  # cov 1.5, var 1 and 7/3
+    assert d.mdd == pytest.approx((4.302653 + 1.060660) * math.sqrt(1 / 3) / math.sqrt(3), abs=1e-5)
+    assert d.significant
+
+
+def test_pairing_removes_the_shared_seed_noise_welch_keeps():
+    # a seed effect of +-10 shared by both sides, a true difference of 1 (+-0.1)
+    a, b = [50.0, 40.0, 60.0, 45.0, 55.0], [51.1, 40.9, 61.0, 46.0, 55.9]
+    paired = compare_seeds(dict(enumerate(a)), dict(enumerate(b)))
+    welch = compare_seeds(dict(enumerate(a)), {s + 10: v for s, v in enumerate(b)})  # other seeds: unpaired
+    assert paired.test == "paired" and welch.test == "welch"
+    assert paired.delta == pytest.approx(welch.delta) == pytest.approx(0.98)
+    assert paired.significant and not welch.significant
+    assert paired.correlation > 0.99 and math.isnan(welch.correlation)
+    assert paired.mdd < 0.3 < 10 < welch.mdd
+    assert compare_seeds({0: 1.0}, {0: 2.0, 1: 3.0}) is None  # fewer than 2 seeds on a side

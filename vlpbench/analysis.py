@@ -13,24 +13,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from scipy.stats import rankdata
 
 from vlpbench.data.datasets import ImageCaptions, RetrievalDataset
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.evaluate import dataset_image_batches, encode_split, eval_mode, pair_scores
 from vlpbench.method import VLPMethod
+from vlpbench.stats import roc_auc
 from vlpbench.zoo.tokenizer import TextTokenizer
 
 CLEAN = "clean"
-
-
-def roc_auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
-    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U)."""
-    if not len(positive) or not len(negative):
-        return float("nan")
-    ranks = rankdata(torch.cat([positive, negative]).double().numpy())
-    n_pos, n_neg = len(positive), len(negative)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def quantiles(values: torch.Tensor) -> dict[str, float]:

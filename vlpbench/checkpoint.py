@@ -26,9 +26,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, phrased for the user."""
 
 
-def save_checkpoint(path: Path, step: int, model: dict, optimizer: dict, config: dict, tokenizer_json: str) -> None:
+def save_checkpoint(path: Path, step: int, model: dict, optimizer: dict, config: dict, tokenizer_json: str,
+                    weight_average: dict | None = None) -> None:
+    """``weight_average``: the running average of the weights (``eval.ema``), which a resume continues."""
     save_torch(path, {"format": FORMAT, "step": step, "model": model, "optimizer": optimizer,
-                      "config": json.dumps(config), "tokenizer": tokenizer_json})
+                      "config": json.dumps(config), "tokenizer": tokenizer_json,
+                      **({"weight_average": weight_average} if weight_average is not None else {})})
 
 
 def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict:

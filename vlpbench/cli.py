@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 from collections import Counter
@@ -165,6 +166,7 @@ def report_run(cfg, run, results: dict) -> None:
     if cfg.pretrain:
         print(f"\npre-trained {cfg.method.name} for {train['steps']} steps in {train['seconds']}s "
               f"({train['samples_per_s']} samples/s)")
+        print(format_verdicts(results.get("diagnostics") or {}))
     else:
         print(f"\nno pre-training (pretrain: false): {cfg.method.name} at its initial weights")
     if "retrieval" in results:
@@ -176,6 +178,21 @@ def report_run(cfg, run, results: dict) -> None:
         print("\ndownstream tasks:\n" + results_table(results["downstream"]).to_string(
             index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nresults: {run.path / 'results.json'}")
+
+
+def format_verdicts(diagnostics: dict) -> str:
+    """The run's ITM and convergence verdicts in two lines (``vlpbench.diagnostics``)."""
+    lines = []
+    if diagnostics.get("itm"):
+        itm = diagnostics["itm"]
+        state = "learned" if itm["itm_learned"] else "still at its label prior"
+        lines.append(f"ITM head: {state} (final loss {itm['final_loss_itm']:.3f}; prior entropy "
+                     f"{itm['prior_entropy']:.3f}, margin {itm['margin']})")
+    if diagnostics.get("convergence"):
+        flat = diagnostics["convergence"]
+        state = "flattened" if flat["flattened"] else "not flattened: still learning at the last step"
+        lines.append(f"loss curve: {state} ({100 * flat['relative_change_last_quarter']:+.1f}% over the last quarter)")
+    return "\n".join(lines)
 
 
 def resumable_run(args):
@@ -541,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the output went to `head` or a closed pager: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or a task stopped on a signal (checkpointed)
         print(f"stopped: {exc}" if str(exc) else "interrupted: the run resumes from its last checkpoint",
               file=sys.stderr)

@@ -130,6 +130,10 @@ def divisibility_problem(key: str, value: int, by_key: str, by: int) -> list[str
 class MethodConfig(StrictModel):
     """Base of every method's config; a method adds its own keys in its own file."""
     name: str
+    # in-batch pairs that match each other (the same image, an identical caption): "exclude" never
+    # samples them as ITM negatives and makes them ITC positives; "keep" treats them as negatives,
+    # as the authors' code does (a plug-in such as EPIC follows its base method's setting)
+    false_negatives: Literal["exclude", "keep"] = "exclude"
 
     def has_contrastive_embedding(self) -> bool:
         """Whether the method trains an image-text contrastive embedding (ITC); without one,
@@ -140,6 +144,11 @@ class MethodConfig(StrictModel):
         """Whether the method fuses as one text stream through blocks that cross-attend to the image
         (ALBEF's multimodal encoder), which NLVR2's replicated design needs."""
         return False
+
+    def itm_positive_fraction(self) -> float | None:
+        """The share of positives among the ITM pairs the method trains on (None: no ITM head):
+        B positives and 2B negatives by default (ALBEF Sec. 3.2)."""
+        return 1 / 3 if getattr(self, "itm", True) else None
 
     def cross_attention_layers(self, experiment: "ExperimentConfig") -> int:
         """How many text-to-image cross-attention layers the method builds (``fusion_blocks``):
@@ -213,6 +222,12 @@ class RetrievalEvalConfig(StrictModel):
     max_images: int | None = Field(None, ge=2)
     batch_size: int = Field(64, ge=1)
     before_training: bool = False  # also evaluate the randomly initialised model, as a baseline
+    # ROC AUC of the matching score against random and ITC-hardest negative images (one extra ITM
+    # score per caption for each)
+    itm_diagnostics: bool = True
+    # disjoint test folds of this many images, each its own gallery (the embedded data makes as many
+    # test images as asked); metrics are their means, ``folds`` keeps each fold's. None: one gallery
+    fold_images: int | None = Field(None, ge=2)
 
     @field_validator("k_test", mode="before")
     @classmethod
@@ -228,6 +243,14 @@ class EvalConfig(StrictModel):
     # optimizer steps (and at the last step), logged to metrics.jsonl as "curve_itc_*"
     every_steps: int | None = Field(None, ge=1)
     curve_images: int = Field(200, ge=2)
+    # verdicts in results.json (vlpbench.diagnostics): the ITM head learned when its final loss is
+    # this many nats below the entropy of its label prior; the loss curve has flattened when the
+    # line fitted to its last quarter falls by less than this fraction of the loss over that quarter
+    itm_learned_margin: float = Field(0.05, ge=0.0)
+    # evaluate an exponential moving average of the weights (decay per optimizer step, e.g. 0.99)
+    # instead of the last step's; the final checkpoint holds the average. None: the last weights
+    ema: float | None = Field(None, ge=0.0, lt=1.0)
+    flat_tolerance: float = Field(0.01, ge=0.0)
 
 
 # ---- downstream tasks (vlpbench.downstream): fine-tuned from the pre-trained model ----
@@ -344,6 +367,12 @@ class ExperimentConfig(StrictModel):
         if unimodal.text_steps and self.model.text.pretrained:
             problems.append("model.unimodal.text_steps: the text encoder already loads model.text.pretrained")
         problems += self.method.downstream_problems(self.downstream)
+        retrieval = self.eval.retrieval
+        if retrieval.fold_images and self.data.retrieval_test is None:  # the embedded test split's size is known
+            images = min(self.data.embedded.num_test_images, retrieval.max_images or self.data.embedded.num_test_images)
+            if retrieval.fold_images > images:
+                problems.append(f"eval.retrieval.fold_images: {retrieval.fold_images}, but the test split has {images} "
+                                "images (data.embedded.num_test_images, eval.retrieval.max_images)")
         if "grounding" in self.downstream.tasks:
             layers, layer = self.method.cross_attention_layers(self), self.downstream.grounding.gradcam_layer
             if layer >= layers:

@@ -3,11 +3,19 @@
 ITC similarities for all image-text pairs; then for each image the top-k texts are re-ranked
 by the ITM score (and for each text the top-k images). TR ranks an image's best ground-truth
 caption; IR ranks a caption's image.
+
+Beside R@K, two continuous metrics with less sampling noise: the mean reciprocal rank (``mrr``,
+percent; under ITM re-ranking, a true match outside the re-ranked top-k keeps its ITC order below
+them) and the test ITC loss (``itc.loss``: mean -log p of the true match over the whole gallery at
+the method's temperature, an image's captions pooled). ``itm_diagnostics`` gives the ROC AUC of
+the matching score of each caption's true pair against a random other image and against the
+hardest other image by ITC.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -18,6 +26,7 @@ import torch
 from vlpbench.config import RetrievalEvalConfig
 from vlpbench.data.datasets import RetrievalDataset
 from vlpbench.method import VLPMethod
+from vlpbench.stats import roc_auc
 from vlpbench.zoo.tokenizer import TextTokenizer
 
 RECALL_AT = (1, 5, 10)
@@ -44,7 +53,28 @@ def retrieval_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, text_t
     out["txt_r_mean"] = sum(out[f"txt_r{k}"] for k in RECALL_AT) / len(RECALL_AT)
     out["img_r_mean"] = sum(out[f"img_r{k}"] for k in RECALL_AT) / len(RECALL_AT)
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    out["mrr"] = 50.0 * ((1 / (text_ranks + 1.0)).mean().item() + (1 / (image_ranks + 1.0)).mean().item())
     return out
+
+
+def below_reranked(scores: torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
+    """``scores`` (-inf outside each row's re-ranked top-k) with the other entries in ITC order
+    below every re-ranked one: a full ranking for the mean reciprocal rank."""
+    finite = torch.isfinite(scores)
+    if finite.all():
+        return scores
+    offset = scores[finite].min() - sims.max() - 1.0
+    return torch.where(finite, scores, sims + offset)
+
+
+def contrastive_test_loss(sims: torch.Tensor, text_to_image: torch.Tensor, temperature: float) -> float:
+    """Mean over both directions of -log p(true match) over the gallery, p the softmax of
+    ``sims / temperature``; an image's captions are pooled (ALBEF's fine-tuning target)."""
+    logits = sims.double() / temperature
+    match = text_to_image[None, :] == torch.arange(sims.shape[0], device=sims.device)[:, None]
+    i2t = logits.logsumexp(1) - logits.masked_fill(~match, float("-inf")).logsumexp(1)
+    t2i = logits.T.logsumexp(1) - logits.T.masked_fill(~match.T, float("-inf")).logsumexp(1)
+    return float((i2t.mean() + t2i.mean()) / 2)
 
 
 def chance_metrics(text_to_image: torch.Tensor) -> dict:
@@ -63,7 +93,16 @@ def chance_metrics(text_to_image: torch.Tensor) -> dict:
     out["txt_r_mean"] = sum(out[f"txt_r{k}"] for k in RECALL_AT) / len(RECALL_AT)
     out["img_r_mean"] = sum(out[f"img_r{k}"] for k in RECALL_AT) / len(RECALL_AT)
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    expected = {c: _expected_reciprocal_first(num_texts, c) for c in set(per_image)}
+    text_mrr = sum(expected[c] for c in per_image) / num_images
+    out["mrr"] = 50.0 * (text_mrr + _expected_reciprocal_first(num_images, 1))
     return out
+
+
+def _expected_reciprocal_first(n: int, c: int) -> float:
+    """E[1 / (first position of c marked items among n, randomly ordered)], positions from 1."""
+    # P(first marked at position r) = C(n - r, c - 1) / C(n, c)
+    return sum(math.comb(n - r, c - 1) / r for r in range(1, n - c + 2)) / math.comb(n, c)
 
 
 @dataclass
@@ -164,11 +203,48 @@ def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: 
     ``k_test: all`` scores every image-text pair with ITM (for methods without a contrastive
     embedding); otherwise ITM re-ranks each query's top-k ITC candidates, as ALBEF does.
     ``max_images``: only the first that many images of ``dataset`` and their captions. Without a
-    ``contrastive`` embedding there is no ITC-only result ("itc": None).
+    ``contrastive`` embedding there is no ITC-only result ("itc": None). ``fold_images``: disjoint
+    galleries of that many images, each evaluated alone; every number is the folds' mean, and
+    ``folds`` lists each fold's r_mean and their standard deviation.
     """
     start = time.perf_counter()
     if cfg.max_images:
         dataset = dataset.head(cfg.max_images)
+    if not cfg.fold_images:
+        return {**evaluate_gallery(method, dataset, tokenizer, cfg, max_text_len, device, contrastive),
+                "seconds": round(time.perf_counter() - start, 1)}
+    count = len(dataset.images) // cfg.fold_images
+    if count == 0:
+        raise ValueError(f"eval.retrieval.fold_images: {cfg.fold_images}, but the test split has "
+                         f"{len(dataset.images)} images")
+    folds = [evaluate_gallery(method, dataset.subset(i * cfg.fold_images, (i + 1) * cfg.fold_images), tokenizer,
+                              cfg, max_text_len, device, contrastive) for i in range(count)]
+    return {**mean_over_folds(folds), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def mean_over_folds(folds: list[dict]) -> dict:
+    """One result whose numbers are the folds' means (counts summed), with each fold's r_mean."""
+    def mean(values: list):
+        if isinstance(values[0], dict):
+            return {key: mean([v[key] for v in values]) for key in values[0]}
+        if all(v == values[0] for v in values):  # settings (k_test, ranking), and equal numbers
+            return values[0]
+        if isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            return sum(values) / len(values)
+        return values[0]
+    out = mean(folds)
+    out["num_images"], out["num_texts"] = sum(f["num_images"] for f in folds), sum(f["num_texts"] for f in folds)
+    per_fold = {part: [f[part]["r_mean"] for f in folds] for part in ("itm", "itc") if folds[0][part]}
+    out["folds"] = {"count": len(folds), "images": folds[0]["num_images"],
+                    **{f"{part}_r_mean": values for part, values in per_fold.items()},
+                    **{f"{part}_r_mean_std": statistics.stdev(values) if len(values) > 1 else 0.0
+                       for part, values in per_fold.items()}}
+    return out
+
+
+def evaluate_gallery(method: VLPMethod, dataset: RetrievalDataset, tokenizer: TextTokenizer,
+                     cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device, contrastive: bool) -> dict:
+    """``evaluate_retrieval`` on one gallery: every image and caption of ``dataset``."""
     with eval_mode(method):
         split = encode_split(method, dataset_image_batches(dataset, cfg.batch_size), dataset.texts,
                              dataset.text_to_image, tokenizer, cfg.batch_size, max_text_len, device)
@@ -180,11 +256,42 @@ def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: 
             scores_i2t = _topk_rerank(method, split, sims, cfg.k_test, cfg.batch_size, rows_are_images=True)
             scores_t2i = _topk_rerank(method, split, sims.T.contiguous(), cfg.k_test, cfg.batch_size,
                                       rows_are_images=False)
-    return {"itc": retrieval_metrics(sims, sims.T, split.text_to_image) if contrastive else None,
-            "itm": retrieval_metrics(scores_i2t, scores_t2i, split.text_to_image),
+        matching = itm_diagnostics(method, split, sims if contrastive else None, cfg.batch_size) \
+            if cfg.itm_diagnostics else None
+    itc = None
+    if contrastive:
+        itc = {**retrieval_metrics(sims, sims.T, split.text_to_image),
+               "loss": contrastive_test_loss(sims, split.text_to_image, itc_temperature(method))}
+    return {"itc": itc,
+            "itm": retrieval_metrics(below_reranked(scores_i2t, sims), below_reranked(scores_t2i, sims.T),
+                                     split.text_to_image),
+            "itm_diagnostics": matching,
             "chance": chance_metrics(dataset.text_to_image), "ranking": ranking_name(cfg.k_test),
-            "num_images": len(dataset.images), "num_texts": len(dataset.texts), "k_test": cfg.k_test,
-            "seconds": round(time.perf_counter() - start, 1)}
+            "num_images": len(dataset.images), "num_texts": len(dataset.texts), "k_test": cfg.k_test}
+
+
+DEFAULT_TEMPERATURE = 0.07  # ALBEF's initial ITC temperature, for methods that have none of their own
+
+
+def itc_temperature(method: VLPMethod) -> float:
+    temperature = method.itc_temperature()
+    return DEFAULT_TEMPERATURE if temperature is None else float(temperature)
+
+
+def itm_diagnostics(method: VLPMethod, split: EncodedSplit, sims: torch.Tensor | None, batch_size: int) -> dict:
+    """ROC AUC of the matching score: every caption's true pair against the caption with a random
+    other image, and (given ITC similarities) with the other image ITC ranks highest."""
+    num_images, device = split.image_states.shape[0], split.text_to_image.device
+    texts, true = torch.arange(len(split.text_to_image), device=device), split.text_to_image
+    shift = torch.randint(1, num_images, (len(true),), generator=torch.Generator().manual_seed(0)).to(device)
+    positive = pair_scores(method, split, true, texts, batch_size).cpu()
+    out = {"auc_random_negatives": roc_auc(positive, pair_scores(method, split, (true + shift) % num_images, texts,
+                                                                 batch_size).cpu())}
+    if sims is not None:
+        others = sims.T.masked_fill(true[:, None] == torch.arange(num_images, device=device)[None], float("-inf"))
+        out["auc_hard_negatives"] = roc_auc(positive, pair_scores(method, split, others.argmax(1), texts,
+                                                                  batch_size).cpu())
+    return out
 
 
 class LearningCurve:

@@ -12,6 +12,7 @@ from vlpbench.checkpoint import load_weights, read_checkpoint
 from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences,
                              config_from_dict)
 from vlpbench.data.datasets import SkipReport
+from vlpbench.diagnostics import run_verdicts
 from vlpbench.analysis import matching_separation
 from vlpbench.evaluate import LearningCurve, evaluate_retrieval
 from vlpbench.io import CorruptFileError, read_json, write_json
@@ -96,6 +97,9 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
         earlier = _finished_training(run, cfg, trainer, log) if resume else None
         results["train"] = earlier or trainer.fit(tokenizer.to_json(), stop_at, curve)
         results["complete"] = trainer.step == cfg.train.steps
+        if results["complete"]:
+            results["diagnostics"] = run_verdicts(run.metrics_file, cfg.method.itm_positive_fraction(),
+                                                  cfg.eval.itm_learned_margin, cfg.eval.flat_tolerance)
     else:  # the initial weights, checkpointed for evaluation and downstream tasks
         if distributed.is_main():
             trainer.save_checkpoint(tokenizer.to_json())

@@ -52,6 +52,23 @@ def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: bool,
     return torch.where(kept.sum(1, keepdim=True) > 0, kept, weights)
 
 
+@torch.no_grad()
+def matching_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   image_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, B] True where pair j matches pair i: the same image (``image_ids``), or an identical
+    caption (then pair i's caption describes pair j's image too); the diagonal is True."""
+    tokens = input_ids * attention_mask
+    matches = (tokens[:, None, :] == tokens[None, :, :]).all(-1)
+    if image_ids is not None:
+        matches |= image_ids[:, None] == image_ids[None, :]
+    return matches
+
+
+def false_negative_count(matches: torch.Tensor) -> torch.Tensor:
+    """How many ordered pairs of different batch items match (logged as ``false_negative_pairs``)."""
+    return (matches.sum() - len(matches)).float()
+
+
 def sample_negatives(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row drawn from the row's weights (vectorised multinomial)."""
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
@@ -59,10 +76,13 @@ def sample_negatives(weights: torch.Tensor, generator: torch.Generator | None = 
 
 def momentum_contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_m: torch.Tensor,
                               text_feat_m: torch.Tensor, image_queue: FeatureQueue, text_queue: FeatureQueue,
-                              temp: torch.Tensor | float, alpha: float = 0.0, distill: bool = False):
+                              temp: torch.Tensor | float, alpha: float = 0.0, distill: bool = False,
+                              matches: torch.Tensor | None = None):
     """ITC against the momentum features of the batch and the queues (ALBEF Eq. 1, 2, 6; LightVLP
     Eq. 3, 9; VLMAE Eq. 3, 4), then the momentum features are enqueued. Only the in-batch diagonal
-    is positive; with ``distill`` the targets mix in the momentum similarities (weight ``alpha``).
+    is positive, or with ``matches`` [B, B] (``matching_pairs``) every matching in-batch pair, the
+    target mass shared equally among them; with ``distill`` the targets mix in the momentum
+    similarities (weight ``alpha``).
 
     Returns the loss and the student's similarities [B, B + queue] (the first B columns are the
     batch), from which ITM samples its hard negatives.
@@ -71,6 +91,8 @@ def momentum_contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor,
         image_feat_all = torch.cat([image_feat_m, image_queue.features])
         text_feat_all = torch.cat([text_feat_m, text_queue.features])
         one_hot = torch.eye(len(image_feat), image_feat_all.shape[0], device=image_feat.device)
+        if matches is not None:
+            one_hot[:, :len(image_feat)] = matches.float() / matches.sum(1, keepdim=True)
         teacher_i2t = teacher_t2i = None
         if distill:
             teacher_i2t = image_feat_m @ text_feat_all.T / temp

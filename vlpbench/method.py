@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpbench.config import MethodConfig, ModelConfig
+from vlpbench.losses import matching_pairs
 from vlpbench.zoo.layers import MultiHeadAttention
 from vlpbench.zoo.text import BertTextModel, create_text_model
 from vlpbench.zoo.tokenizer import TextTokenizer
@@ -23,10 +24,11 @@ class Batch:
     input_ids: torch.Tensor       # [B, L]
     attention_mask: torch.Tensor  # [B, L], 1 = token
     regions: torch.Tensor | None = None  # [B, H, W] bool: where the caption's objects are (all True: unknown)
+    image_ids: torch.Tensor | None = None  # [B] long: pairs of one image share an id (None: unknown)
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(*(None if t is None else t.to(device, non_blocking=True)
-                       for t in (self.images, self.input_ids, self.attention_mask, self.regions)))
+                       for t in (self.images, self.input_ids, self.attention_mask, self.regions, self.image_ids)))
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -70,6 +72,14 @@ class VLPMethod(nn.Module, abc.ABC):
 
     def after_optimizer_step(self) -> None:
         """Hook for state that follows the weights (momentum teachers)."""
+
+    def batch_matches(self, batch: Batch) -> torch.Tensor | None:
+        """[B, B] pairs of the batch that match each other (the same image, or an identical caption),
+        which ITC must not push apart and ITM must not sample as negatives; None with
+        ``false_negatives: keep`` (what the authors' code does)."""
+        if self.config.false_negatives == "keep":
+            return None
+        return matching_pairs(batch.input_ids, batch.attention_mask, batch.image_ids)
 
     # The evaluation interface, shared by every method.
     @abc.abstractmethod

@@ -126,7 +126,7 @@ class Collate:
     def __init__(self, tokenizer: TextTokenizer, max_text_len: int):
         self.tokenizer, self.max_text_len = tokenizer, max_text_len
 
-    def __call__(self, items: list[tuple[torch.Tensor, str, torch.Tensor]]) -> Batch:
-        images, captions, regions = zip(*items)
+    def __call__(self, items: list[tuple[torch.Tensor, str, torch.Tensor, int]]) -> Batch:
+        images, captions, regions, image_ids = zip(*items)
         input_ids, attention_mask = self.tokenizer(list(captions), self.max_text_len)
-        return Batch(torch.stack(images), input_ids, attention_mask, torch.stack(regions))
+        return Batch(torch.stack(images), input_ids, attention_mask, torch.stack(regions), torch.tensor(image_ids))

@@ -36,8 +36,8 @@ from pydantic import ValidationError
 
 from vlpbench.config import ConfigError, StrictModel, format_validation_error, load_config, read_yaml_with_base
 from vlpbench.launch import run_state
-from vlpbench.stats import difference_interval, seed_stats
-from vlpbench.summary import _lookup
+from vlpbench.stats import Difference, compare_seeds, seed_stats
+from vlpbench.summary import VERDICTS, _lookup, verdict_count
 from vlpbench.sweep import load_sweep
 
 # launch states as a reader of the report words them
@@ -87,6 +87,9 @@ class Cell:
 
     def values(self, metric: str) -> list[float]:
         return [v for r in self.done if (v := r.metric(metric)) is not None]
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        return {r.seed: v for r in self.done if (v := r.metric(metric)) is not None}
 
     def status(self) -> str:
         """``3/3 seeds``, or what the missing ones are doing: ``1/3 seeds (1 not started, 1 running)``."""
@@ -206,6 +209,8 @@ def main_table(cells: list[Cell], report: ReportConfig, flops: dict[str, float] 
         if flops is not None:
             row["GFLOPs/sample"] = flops.get(json.dumps(cell.keys, sort_keys=True), math.nan)
         row["samples/s"] = statistics(cell.values("train.samples_per_s"))["mean"]
+        for part, key, label in VERDICTS:
+            row[label] = verdict_count([r.results for r in cell.done], part, key) or "-"
         row["runs"] = cell.status()
         rows.append(row)
     return pd.DataFrame(rows)
@@ -274,19 +279,17 @@ def reference_table(cells: list[Cell], report: ReportConfig, settings: Reference
     return pd.DataFrame(rows)
 
 
-def seed_difference(base: list[float], values: list[float]) -> tuple[float, float, float, bool] | None:
-    """``values`` minus ``base`` over seeds: delta, its 95% interval (Welch) and whether the interval
-    excludes zero; None unless both sides have at least 2 seeds."""
-    if len(values) < 2 or len(base) < 2:
-        return None
-    delta, low, high = difference_interval(base, values)
-    return delta, low, high, low > 0 or high < 0
+def seed_difference(base: Cell, cell: Cell, metric: str) -> Difference | None:
+    """``cell`` minus ``base`` over seeds: paired by seed where both ran the same seeds, else Welch;
+    None unless both sides have at least 2 seeds."""
+    return compare_seeds(base.by_seed(metric), cell.by_seed(metric))
 
 
 def delta_table(cells: list[Cell], report: ReportConfig, settings: ReferenceConfig,
                 reference: Reference) -> pd.DataFrame:
     """Per published row and metric: its delta to the baseline row, the measured delta with its
-    95% interval (Welch), whether the signs agree and whether the measured one is significant."""
+    95% interval (paired by seed, else Welch: ``test``), whether the signs agree and whether the
+    measured one is significant."""
     base_row = _baseline_row(settings, reference)
     base_cell = matching_cell(base_row, cells, settings.where)
     rows = []
@@ -296,16 +299,13 @@ def delta_table(cells: list[Cell], report: ReportConfig, settings: ReferenceConf
         cell = matching_cell(published, cells, settings.where)
         for metric, column in settings.metrics.items():
             paper = float(published[column]) - float(base_row[column])
-            ours = cell.values(metric) if cell and base_cell else []
-            base = base_cell.values(metric) if cell and base_cell else []
             row = {"row": _row_name(published, report), "metric": report.metrics.get(metric, metric),
                    "paper delta": paper}
-            difference = seed_difference(base, ours)
-            if difference:
-                delta, low, high, significant = difference
-                row.update({"measured delta": delta, "95% CI": (low, high),
-                            "same sign": (delta > 0) == (paper > 0) if paper and delta else None,
-                            "significant": significant})
+            d = seed_difference(base_cell, cell, metric) if cell and base_cell else None
+            if d:
+                row.update({"measured delta": d.delta, "95% CI": (d.ci95_low, d.ci95_high),
+                            "same sign": (d.delta > 0) == (paper > 0) if paper and d.delta else None,
+                            "significant": d.significant, "test": d.test})
             else:
                 row.update({"measured delta": math.nan, "95% CI": (math.nan, math.nan), "same sign": None,
                             "significant": None, "note": "needs >= 2 finished seeds in both cells"})
@@ -325,15 +325,18 @@ def baseline_cell(cells: list[Cell], report: ReportConfig) -> Cell:
 
 def measured_delta_table(cells: list[Cell], base: Cell, report: ReportConfig) -> pd.DataFrame:
     """Per configuration and metric: the difference to the ``base`` configuration, its 95% interval
-    (Welch) and whether the interval excludes zero; NaN where either side has fewer than 2 seeds."""
+    (paired by seed where both ran the same seeds, else Welch: ``test``), the design's MDD and
+    whether the interval excludes zero; NaN where either side has fewer than 2 seeds."""
     rows = []
     for cell in (c for c in cells if c is not base):
         row = {"configuration": cell_label(cell.keys)}
         for metric, label in report.metrics.items():
-            delta, low, high, significant = seed_difference(base.values(metric), cell.values(metric)) or \
-                (math.nan, math.nan, math.nan, None)
-            row.update({f"{label} delta": delta, f"{label} ci95_low": low, f"{label} ci95_high": high,
-                        f"{label} significant": significant})
+            d = seed_difference(base, cell, metric)
+            row.update({f"{label} delta": d.delta if d else math.nan,
+                        f"{label} ci95_low": d.ci95_low if d else math.nan,
+                        f"{label} ci95_high": d.ci95_high if d else math.nan,
+                        f"{label} significant": d.significant if d else None,
+                        f"{label} test": d.test if d else None, f"{label} mdd": d.mdd if d else math.nan})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -100,6 +100,8 @@ def display_deltas(deltas: pd.DataFrame, report: ReportConfig) -> pd.DataFrame:
     for label in report.metrics.values():
         out[f"{label} Δ"] = [delta_text(row[f"{label} delta"], row[f"{label} ci95_low"], row[f"{label} ci95_high"],
                                         row[f"{label} significant"]) for _, row in deltas.iterrows()]
+    out["test"] = [", ".join(sorted({row[f"{label} test"] for label in report.metrics.values()} - {None})) or "-"
+                   for _, row in deltas.iterrows()]
     return out
 
 
@@ -177,7 +179,8 @@ def build_report(target: str, output_root: str = "reports", overrides: list[str]
         base = baseline_cell(cells, report)
         deltas = measured_delta_table(cells, base, report)
         caption = (f"{name}: measured difference to {cell_label(base.keys)} "
-                   "(95% interval, Welch; * the interval excludes 0)")
+                   "(95% interval: paired by seed where both ran the same seeds, else Welch; "
+                   "* the interval excludes 0)")
         tables["deltas"] = (deltas, display_deltas(deltas, report), caption)
     references = []
     for settings in report.reference:

@@ -9,13 +9,17 @@ import yaml
 
 from vlpbench.config import ConfigError, config_differences
 from vlpbench.io import read_json
-from vlpbench.stats import difference_interval, pooled_std, seed_stats
+from vlpbench.stats import compare_seeds, seed_stats
 
 # (path in results.json, label); the ITM ranking is the method's retrieval result, ITC-only its embedding's
 METRICS = (
     ("retrieval.itm.r_mean", "r_mean"), ("retrieval.itm.txt_r1", "TR@1"), ("retrieval.itm.img_r1", "IR@1"),
-    ("retrieval.itc.r_mean", "r_mean ITC-only"), ("train.seconds", "train s"), ("retrieval.seconds", "eval s"),
+    ("retrieval.itc.r_mean", "r_mean ITC-only"), ("retrieval.itm.mrr", "MRR"), ("retrieval.itc.loss", "ITC test loss"),
+    ("retrieval.itm_diagnostics.auc_random_negatives", "ITM AUC random"),
+    ("retrieval.itm_diagnostics.auc_hard_negatives", "ITM AUC hard"),
+    ("diagnostics.itm.final_loss_itm", "ITM train loss"), ("train.seconds", "train s"), ("retrieval.seconds", "eval s"),
 )
+VERDICTS = (("itm", "itm_learned", "ITM head learned"), ("convergence", "flattened", "loss curve flattened"))
 
 
 def _lookup(results: dict, dotted: str):
@@ -82,8 +86,16 @@ def summarize(results: list[dict]) -> dict:
         metrics[label] = {"values": values, **seed_stats(values).as_dict()}
     rankings = sorted({r["retrieval"].get("ranking", f"k_test={r['retrieval']['k_test']}")
                        for r in results if "retrieval" in r}) or ["no retrieval evaluation"]
+    verdicts = {label: verdict_count(results, part, key) for part, key, label in VERDICTS}
     return {"runs": [r["run_dir"] for r in results], "seeds": [r["seed"] for r in results],
-            "experiments": sorted({r["experiment"] for r in results}), "ranking": rankings, "metrics": metrics}
+            "experiments": sorted({r["experiment"] for r in results}), "ranking": rankings, "metrics": metrics,
+            "verdicts": {label: count for label, count in verdicts.items() if count}}
+
+
+def verdict_count(results: list[dict], part: str, key: str) -> str | None:
+    """``k/n``: in how many of the n runs that have the verdict it holds (None: none has it)."""
+    found = [d[part][key] for r in results if (d := r.get("diagnostics")) and d.get(part)]
+    return f"{sum(found)}/{len(found)}" if found else None
 
 
 def format_summary(summary: dict) -> str:
@@ -94,22 +106,26 @@ def format_summary(summary: dict) -> str:
         interval = f"[{m['ci95_low']:.2f}, {m['ci95_high']:.2f}]"
         values = " ".join(f"{v:.2f}" for v in m["values"])
         lines.append(f"{label:<16} {m['mean']:8.2f} {m['std']:7.2f} {interval:>19} {m['mdd']:7.2f}   {values}")
+    lines += [f"{label}: {count} seeds" for label, count in summary.get("verdicts", {}).items()]
     lines.append(f"MDD: the smallest difference between two configurations that {n} seeds each detect "
                  "(two-sided t-test, alpha 0.05, power 0.8)")
     return "\n".join(lines)
 
 
 def format_comparison(a: dict, b: dict) -> str:
-    """Per metric shared by two summaries: the difference of means (b - a), its 95% interval
-    (Welch) and the pooled seed std; a difference counts as resolved when the interval excludes 0."""
+    """Per metric shared by two summaries: the difference (b - a), its 95% interval and the MDD of
+    the design; paired by seed when both sides ran the same seeds, else Welch (the ``test``
+    column says which). A difference counts as resolved when the interval excludes 0."""
     lines = [f"{', '.join(b['experiments'])} ({len(b['seeds'])} seeds) minus "
              f"{', '.join(a['experiments'])} ({len(a['seeds'])} seeds)",
-             f"{'metric':<16} {'difference':>10} {'95% interval':>19} {'pooled std':>10}   resolved"]
+             f"{'metric':<16} {'difference':>10} {'95% interval':>19} {'test':>7} {'rho':>6} {'MDD':>7}   resolved"]
     for label in (k for k in a["metrics"] if k in b["metrics"]):
-        va, vb = a["metrics"][label]["values"], b["metrics"][label]["values"]
-        if len(va) < 2 or len(vb) < 2:
+        d = compare_seeds(dict(zip(a["seeds"], a["metrics"][label]["values"])),
+                          dict(zip(b["seeds"], b["metrics"][label]["values"])))
+        if d is None:
             continue
-        diff, low, high = difference_interval(va, vb)
-        resolved = "yes" if low > 0 or high < 0 else "no"
-        lines.append(f"{label:<16} {diff:10.2f} {f'[{low:.2f}, {high:.2f}]':>19} {pooled_std([va, vb]):10.2f}   {resolved}")
+        lines.append(f"{label:<16} {d.delta:10.2f} {f'[{d.ci95_low:.2f}, {d.ci95_high:.2f}]':>19} {d.test:>7} "
+                     f"{d.correlation:6.2f} {d.mdd:7.2f}   {'yes' if d.significant else 'no'}")
+    lines.append("paired: the same seeds on both sides, the difference taken seed by seed (t over the n "
+                 "differences; rho: the sides' correlation); welch: seeds differ")
     return "\n".join(lines)

@@ -107,6 +107,31 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 7_919 + step * 104_729 + 1) % (2**63)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's trainable parameters (``eval.ema``), updated
+    after every optimizer step with one fused ``torch._foreach_lerp_``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.names, self.params, self.decay = [n for n, _ in named], [p for _, p in named], decay
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        torch._foreach_copy_(self.params, self.average)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.average))
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        torch._foreach_copy_(self.average, [state[name] for name in self.names])
+
+
 def build_optimizer(method: VLPMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (or Adafactor, LightVLP Sec. 4.1); biases, norms and other 1-d parameters (e.g. the
     temperature) get no weight decay."""
@@ -150,18 +175,22 @@ class Trainer:
         self.model = distributed.wrap(method)
         self.optimizer = build_optimizer(method, t)
         self.step = 0  # optimizer steps done
+        self.average = WeightAverage(method, cfg.eval.ema) if cfg.eval.ema is not None else None
         self.freed_memory_kept = t.keep_freed_memory and device.type == "cpu" and keep_freed_memory()
         self.compiled_blocks = compile_blocks(method) if t.compile == "blocks" else 0
 
     def save_checkpoint(self, tokenizer_json: str) -> None:
         self.run.save_checkpoint(self.step, self.cfg.train.keep_checkpoints, model=self.method.state_dict(),
                                  optimizer=self.optimizer.state_dict(), config=self.cfg.model_dump(mode="json"),
-                                 tokenizer_json=tokenizer_json)
+                                 tokenizer_json=tokenizer_json,
+                                 weight_average=self.average.state_dict() if self.average else None)
 
     def load_checkpoint(self, state: dict) -> None:
         load_weights(self.method, state["model"], state["file"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        if self.average is not None and self.step < self.cfg.train.steps:
+            self.average.load_state_dict(state["weight_average"])
 
     def batches(self) -> Iterator:
         t = self.cfg.train
@@ -194,6 +223,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.method.after_optimizer_step()
+        if self.average is not None:
+            self.average.update()
         self.step += 1
         logged = distributed.mean_across_processes(logged)
         logged["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -240,6 +271,8 @@ class Trainer:
                     log_record(self.run.metrics_file, writer, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
                 window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
+            if self.average is not None and step == t.steps:  # evaluated, saved and fine-tuned from now on
+                self.average.copy_to_model()
             if curve is not None and every and (step % every == 0 or step == t.steps) and distributed.is_main():
                 tic = time.perf_counter()
                 log_record(self.run.metrics_file, writer, {"step": step, **curve(self.method)})

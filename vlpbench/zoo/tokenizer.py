@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from vlpbench.io import write_text
+from vlpbench.zoo.weights import packaged_path
 
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "mask_token": "[MASK]"}
@@ -72,7 +73,9 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, source: str | Path) -> "TextTokenizer":
-        """A file saved by ``save`` or a Hugging Face ``tokenizer.json``, a tokenizer directory, or a hub name."""
+        """A file saved by ``save`` or a Hugging Face ``tokenizer.json``, a tokenizer directory, the
+        name of a packaged model (``vlpbench.zoo.weights.PACKAGED``), or a hub name."""
+        source = packaged_path(str(source)) or source
         path = Path(source)
         if path.is_file():
             text = path.read_text()

