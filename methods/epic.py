@@ -35,6 +35,7 @@ from vlpbench.config import ConfigError, MethodConfig
 from vlpbench.method import Batch, FusedPair, FusionStream, Progress, VLPMethod
 from vlpbench.registry import get_method, register_method
 from vlpbench.rundir import RunDir
+from vlpbench.streams import stream
 from vlpbench.zoo import TEXT_PRESETS, create_text_model
 from vlpbench.zoo.vision import VisionOutput
 
@@ -220,13 +221,14 @@ class EPIC(VLPMethod):
         ids, tok = batch.input_ids, self.tokenizer
         if self.config.replacement == "random":
             allowed = torch.ones(tok.vocab_size, device=ids.device).index_fill_(0, self.special_ids, 0.0)
-            samples = torch.multinomial(allowed, int(positions.sum()), replacement=True)
+            samples = torch.multinomial(allowed, int(positions.sum()), replacement=True,
+                                        generator=stream("epic_replacements", ids.device))
             return ids.masked_scatter(positions, samples), None
         masked = ids.masked_fill(positions, tok.mask_id)
         logits = self.generator.mlm_logits(self.generator.encode_text_only(masked, batch.attention_mask)[positions])
         with torch.no_grad():
             probs = F.softmax(logits.float(), dim=-1).index_fill_(1, self.special_ids, 0.0)
-            samples = torch.multinomial(probs, 1).squeeze(1)
+            samples = torch.multinomial(probs, 1, generator=stream("epic_replacements", ids.device)).squeeze(1)
         loss_gen = F.cross_entropy(logits.float(), ids[positions]) if self.config.generator == "fine_tune" else None
         return ids.masked_scatter(positions, samples), loss_gen
 
@@ -250,7 +252,8 @@ def _describe(error: dict, keys: list[str]) -> str:
 def sample_without_replacement(weights: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """[B, L] bool with ``count[b]`` positions per row drawn without replacement proportionally to
     ``weights`` (zero weight: never), by Gumbel top-k; rows with fewer positive weights take them all."""
-    gumbel = -torch.log(-torch.log(torch.rand_like(weights, dtype=torch.float).clamp(1e-12, 1 - 1e-12)))
+    uniforms = torch.rand(weights.shape, device=weights.device, generator=stream("epic_positions", weights.device))
+    gumbel = -torch.log(-torch.log(uniforms.clamp(1e-12, 1 - 1e-12)))
     keys = torch.where(weights > 0, weights.clamp_min(1e-30).log() + gumbel, torch.full_like(gumbel, -math.inf))
     rank = keys.argsort(dim=1, descending=True).argsort(dim=1)
     return (rank < count[:, None]) & (weights > 0)

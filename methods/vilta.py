@@ -46,6 +46,7 @@ from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusedPair, Progress, VLPMethod
 from vlpbench.momentum import momentum_copy
 from vlpbench.registry import register_method
+from vlpbench.streams import stream
 from vlpbench.wordroles import content_token_mask
 from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.coattention import CoAttentionFusion
@@ -124,7 +125,7 @@ def caption_keys(input_ids: torch.Tensor) -> torch.Tensor:
 def sample_rows(weights: torch.Tensor, uniforms: torch.Tensor | None) -> torch.Tensor:
     """One index per row from non-negative ``weights``: multinomial, or Gumbel-max on given uniforms."""
     if uniforms is None:
-        return torch.multinomial(weights.float(), 1).squeeze(1)
+        return torch.multinomial(weights.float(), 1, generator=stream("vilta_negatives", weights.device)).squeeze(1)
     gumbel = -torch.log(-torch.log(uniforms))
     return (weights.double().log() + gumbel).argmax(1)
 

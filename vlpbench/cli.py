@@ -166,7 +166,8 @@ def report_run(cfg, run, results: dict) -> None:
     if cfg.pretrain:
         print(f"\npre-trained {cfg.method.name} for {train['steps']} steps in {train['seconds']}s "
               f"({train['samples_per_s']} samples/s)")
-        print(format_verdicts(results.get("diagnostics") or {}))
+        if verdicts := format_verdicts(results.get("diagnostics") or {}):
+            print(verdicts)
     else:
         print(f"\nno pre-training (pretrain: false): {cfg.method.name} at its initial weights")
     if "retrieval" in results:
@@ -339,7 +340,7 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def count(minimum: int):
+def at_least(minimum: int):
     """An argparse type: an integer of at least ``minimum`` (argparse names the flag on error)."""
     def parse(text: str) -> int:
         try:
@@ -405,11 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the runs (id, overrides, state) and the "
                                                             "executor settings; run nothing")
     run.add_argument("--executor", choices=["local", "slurm"], help="replaces launcher.executor")
-    run.add_argument("--jobs", type=count(1), metavar="N", help="local executor: N runs at a time (launcher.jobs)")
+    run.add_argument("--jobs", type=at_least(1), metavar="N", help="local executor: N runs at a time (launcher.jobs)")
     run.add_argument("--rerun", choices=["failed"], help="start only the sweep's failed runs (they resume from "
                                                          "their latest checkpoint)")
     run.add_argument("--wait", action="store_true", help="slurm: wait for the submitted runs, then report")
-    run.add_argument("--max-runs", type=count(1), default=None, metavar="N",
+    run.add_argument("--max-runs", type=at_least(1), default=None, metavar="N",
                      help=f"allow a sweep of up to N runs (default {MAX_SWEEP_RUNS}: a larger grid is refused "
                           "before anything is expanded)")
     run.set_defaults(func=cmd_run)
@@ -480,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--ann", action="append", help="pre-training JSON whose records may carry 'noise' "
                                                     "(default: the run's own pre-training data)")
     gate.add_argument("--image-root", default=".", help="directory image paths are relative to (with --ann)")
-    gate.add_argument("--max-pairs", type=count(1), default=2000, help="score the first N records")
-    gate.add_argument("--batch-size", type=count(1), default=128)
+    gate.add_argument("--max-pairs", type=at_least(1), default=2000, help="score the first N records")
+    gate.add_argument("--batch-size", type=at_least(1), default=128)
     gate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     gate.add_argument("--output", help="also write the result to this JSON file")
     gate.set_defaults(func=cmd_gate)
@@ -495,10 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare", nargs="+", default=[], metavar="METHOD",
                        help="methods at --scale: experiments/METHOD_mini.yaml or experiments/presets/METHOD_base.yaml")
     bench.add_argument("--scale", choices=["mini", "base"], default="mini")
-    bench.add_argument("--steps", type=count(1), default=10, help="timed steps per experiment (the median is reported)")
-    bench.add_argument("--rounds", type=count(1), default=2, help="turns the timed steps are split into, alternating "
+    bench.add_argument("--steps", type=at_least(1), default=10, help="timed steps per experiment (the median is reported)")
+    bench.add_argument("--rounds", type=at_least(1), default=2, help="turns the timed steps are split into, alternating "
                                                              "the experiments")
-    bench.add_argument("--warmup", type=count(0), default=2, help="untimed steps first")
+    bench.add_argument("--warmup", type=at_least(0), default=2, help="untimed steps first")
     bench.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="applied to every experiment")
     bench.add_argument("--output", help="also write the rows to this JSON file")
@@ -514,8 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     fl.add_argument("--convention", default="flops,forward+backward,attention",
                     help="comma-separated: macs|flops, forward|forward+backward, attention|linear_only")
-    fl.add_argument("--batch-size", type=count(1), default=2, help="samples counted (figures are per sample)")
-    fl.add_argument("--text-length", type=count(1), help="caption tokens incl. [CLS]/[SEP] (default data.max_text_len)")
+    fl.add_argument("--batch-size", type=at_least(1), default=2, help="samples counted (figures are per sample)")
+    fl.add_argument("--text-length", type=at_least(1), help="caption tokens incl. [CLS]/[SEP] (default data.max_text_len)")
     fl.add_argument("--no-cross-check", action="store_true", help="skip the fvcore and ptflops counts")
     fl.add_argument("--json", help="also write the result to this JSON file")
     fl.set_defaults(func=cmd_flops)

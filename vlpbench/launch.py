@@ -86,7 +86,7 @@ def run_state(run_dir: Path) -> dict:
         if state not in ("COMPLETED", "UNKNOWN"):  # ended without results.json: killed, out of memory, ...
             return {"state": "failed", "error": f"Slurm job {job['job_id']} ended {state}",
                     "log_tail": _tail(Path(job["folder"]) / f"{job['job_id']}_0_log.err")}
-    problem = {"detail": results_problem(run_dir)} if results_problem(run_dir) else {}
+    problem = {"detail": detail} if (detail := results_problem(run_dir)) else {}
     if RunDir(run_dir).latest_checkpoint() is not None:
         return {"state": "resumable", **problem}
     return {"state": "new", **problem}

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vlpbench.momentum import FeatureQueue
+from vlpbench.streams import stream
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -113,10 +114,10 @@ def sample_itm_negatives(sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | N
     """For each pair, a negative image for its text and a negative text for its image (ALBEF Sec.
     3.3, LightVLP Sec. 3.4): from the in-batch contrastive similarities when ``hard``, else uniform;
     never a pair marked in ``positives`` [B, B] (fine-tuning: another caption of the same image)."""
-    def draw(sim):
+    def draw(sim, purpose):
         return sample_negatives(negative_sampling_weights(sim[:, :batch] if hard else None, batch, hard, device,
-                                                          positives))
-    return draw(sim_t2i), draw(sim_i2t)
+                                                          positives), stream(purpose, device))
+    return draw(sim_t2i, "itm_negative_images"), draw(sim_i2t, "itm_negative_texts")
 
 
 def multi_positive_contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, positives: torch.Tensor,

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from vlpbench.streams import stream
+
 
 class PatchMask(NamedTuple):
     keep_idx: torch.Tensor     # [B, K] patch indices that are encoded, in random order
@@ -22,6 +24,7 @@ def random_patch_masking(batch: int, num_patches: int, mask_ratio: float, device
                          generator: torch.Generator | None = None) -> PatchMask:
     """Keep ``int(N * (1 - mask_ratio))`` random patches per image (MAE's argsort-of-noise)."""
     keep = num_kept_patches(num_patches, mask_ratio)
+    generator = generator or stream("patch_mask", device)
     noise = torch.rand(batch, num_patches, device=device, generator=generator)
     shuffle = noise.argsort(dim=1)
     restore = shuffle.argsort(dim=1)
@@ -45,6 +48,7 @@ def random_token_masking(attention_mask: torch.Tensor, mask_ratio: float,
     """Remove ``n - int(n * (1 - mask_ratio))`` of the ``n`` real tokens after [CLS] in each row."""
     batch, length = attention_mask.shape
     real = attention_mask.bool()
+    generator = generator or stream("token_mask", attention_mask.device)
     noise = torch.rand(batch, length, device=attention_mask.device, generator=generator)
     noise[:, 0] = -1.0                    # [CLS] sorts first
     noise = noise.masked_fill(~real, 2.0)  # [PAD] sorts last
@@ -75,6 +79,7 @@ def mask_tokens_for_mlm(input_ids: torch.Tensor, vocab_size: int, mask_id: int, 
     ``random_fraction`` a random id, the rest stay unchanged. Ids in ``never_mask_ids`` (PAD, CLS)
     are never chosen."""
     device = input_ids.device
+    generator = generator or stream("mlm_mask", device)
     chosen = torch.rand(input_ids.shape, device=device, generator=generator) < probability
     chosen &= ~torch.isin(input_ids, torch.tensor(never_mask_ids, device=device))
     labels = input_ids.masked_fill(~chosen, -100)

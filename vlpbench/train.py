@@ -1,8 +1,9 @@
 """The pre-training loop shared by all methods.
 
 Exact resume: the data order is a function of (seed, epoch), augmentation of (seed, step,
-sample), and every step re-seeds torch's RNG from (seed, step), so a run restarted from a
-checkpoint draws the same masks, negatives and dropout as an uninterrupted one.
+sample), and every step (every micro-batch) re-seeds torch's RNG from (seed, step), from which
+each purpose's stream is derived (``vlpbench.streams``), so a run restarted from a checkpoint
+draws the same masks, negatives and dropout as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from vlpbench.io import append_jsonl
 from vlpbench.method import Progress, VLPMethod
 from vlpbench.rundir import RunDir
 from vlpbench.runtime import compile_blocks, keep_freed_memory
+from vlpbench.streams import derived_seed
 
 
 class ResumableBatchSampler(Sampler):
@@ -206,12 +208,14 @@ class Trainer:
         """One optimizer step. Logged values stay tensors on the device, so the step never waits
         for the accelerator; they become floats only when a log line is written."""
         t, step = self.cfg.train, self.step
-        torch.manual_seed(step_seed(self.cfg.seed, step) + distributed.rank())  # other masks per process
+        base = step_seed(self.cfg.seed, step) + distributed.rank()  # other masks per process
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         progress = Progress(step, self.steps_per_epoch, t.steps)
         logged = defaultdict(float)  # a float 0 becomes a tensor on the first addition
-        for _ in range(t.grad_accum_steps):
+        for micro in range(t.grad_accum_steps):
+            # each micro-batch its own draws; each purpose a stream of this seed (vlpbench.streams)
+            torch.manual_seed(base if micro == 0 else derived_seed(base, "micro-batch", micro))
             batch = next(batches).to(self.device)
             with autocast_context(self.device, t.precision):
                 out = self.model(batch, progress)
