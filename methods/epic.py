@@ -119,9 +119,7 @@ class EPIC(VLPMethod):
         """The frozen teacher, kept in a list so it is neither trained, checkpointed nor moved by
         ``.to()`` with the student. ``path``: a checkpoint, a run directory, or an experiment's
         output folder (``runs/albef_mini``: its newest run with a checkpoint)."""
-        from vlpbench.experiment import (
-            load_trained,  # the teacher is a trained run: load it as eval does
-        )
+        from vlpbench.pipeline import load_trained  # the teacher is a trained run: load it as eval does
 
         folder = Path(path)
         try:

@@ -162,9 +162,7 @@ class MethodConfig(StrictModel):
             problems.append(f"downstream.nlvr2.design: 'replicated' (ALBEF's two blocks per fusion layer) needs a "
                             f"single-stream fusion, and {self.name!r} fuses with two streams; use design: pair")
         from vlpbench.registry import get_method
-        from vlpbench.method import VLPMethod
-        cls = get_method(self.name)
-        if downstream.tasks and cls.fuse is VLPMethod.fuse:
+        if downstream.tasks and not get_method(self.name).has_fusion():
             problems.append(f"downstream.tasks: {self.name!r} exposes no fused image-text states (fuse), which "
                             "every downstream pipeline reads")
         return problems

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import traceback
-from pathlib import Path
 
 import torch
 
 from vlpbench import distributed, pipeline, unimodal
-from vlpbench.checkpoint import load_weights, read_checkpoint
-from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences,
-                             config_from_dict)
+from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences)
 from vlpbench.data.datasets import SkipReport
 from vlpbench.diagnostics import run_verdicts
 from vlpbench.analysis import matching_separation
 from vlpbench.evaluate import LearningCurve, evaluate_retrieval
 from vlpbench.io import CorruptFileError, read_json, write_json
-from vlpbench.method import VLPMethod
 from vlpbench.rundir import RunDir
 from vlpbench.train import Trainer
 from vlpbench.zoo.tokenizer import TextTokenizer
@@ -167,33 +163,11 @@ def _finished_training(run: RunDir, cfg: ExperimentConfig, trainer: Trainer, log
     return earlier if earlier.get("steps") == cfg.train.steps else None
 
 
-def load_trained(target: str | Path, device: torch.device) -> tuple[ExperimentConfig, VLPMethod, TextTokenizer]:
-    """A trained method from a run directory (its latest checkpoint) or a checkpoint file."""
-    target = Path(target)
-    if target.is_dir():
-        checkpoint = RunDir(target).latest_checkpoint()
-        if checkpoint is None:
-            raise FileNotFoundError(f"{target}: run directory has no checkpoint under checkpoints/")
-    elif target.is_file():
-        checkpoint = target
-    else:
-        raise FileNotFoundError(f"{target}: neither a run directory nor a checkpoint file")
-    state = read_checkpoint(checkpoint, device)
-    cfg = config_from_dict(state["config"], source=f"{checkpoint} (saved config)")
-    tokenizer = TextTokenizer.from_json(state["tokenizer"])
-    # the checkpoint holds every weight: do not look for the original pretrained files
-    model = cfg.model.model_copy(update={"vision": cfg.model.vision.model_copy(update={"pretrained": None}),
-                                         "text": cfg.model.text.model_copy(update={"pretrained": None})})
-    method = pipeline.build_method(cfg.model_copy(update={"model": model}), tokenizer).to(device)
-    load_weights(method, state["model"], checkpoint)
-    return cfg, method, tokenizer
-
-
 def evaluate_checkpoint(target: str, ann: list[str], image_root: str, eval_cfg: RetrievalEvalConfig,
                         on_bad_record: str = "error", device: str = "auto") -> dict:
     """Zero-shot retrieval of a trained model on any ALBEF-format retrieval file."""
     torch_device = pipeline.resolve_device(device, key="--device")
-    cfg, method, tokenizer = load_trained(target, torch_device)
+    cfg, method, tokenizer = pipeline.load_trained(target, torch_device)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_bad_record": on_bad_record})})
     skips = SkipReport()
     source = AnnotationSource(ann=ann, image_root=image_root)
@@ -209,7 +183,7 @@ def gate_analysis(target: str, ann: list[str] | None, image_root: str, max_pairs
     """``analysis.matching_separation`` of a trained model on the first ``max_pairs`` records of
     ``ann`` (default: the run's own pre-training data, whose noisy pairs the embedded dataset marks)."""
     torch_device = pipeline.resolve_device(device, key="--device")
-    cfg, method, tokenizer = load_trained(target, torch_device)
+    cfg, method, tokenizer = pipeline.load_trained(target, torch_device)
     source = AnnotationSource(ann=ann, image_root=image_root) if ann else pipeline.data_sources(cfg)["pretrain"]
     entries = pipeline.open_entries(source, cfg, SkipReport(), "pass --on-bad-record skip")[:max_pairs]
     result = matching_separation(method, entries, tokenizer, pipeline.image_size_of(cfg.model.vision),

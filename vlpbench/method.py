@@ -73,6 +73,11 @@ class VLPMethod(nn.Module, abc.ABC):
     def after_optimizer_step(self) -> None:
         """Hook for state that follows the weights (momentum teachers)."""
 
+    @classmethod
+    def has_fusion(cls) -> bool:
+        """Whether the method exposes fused image-text states (``fuse``), which downstream tasks read."""
+        return cls.fuse is not VLPMethod.fuse
+
     def batch_matches(self, batch: Batch) -> torch.Tensor | None:
         """[B, B] pairs of the batch that match each other (the same image, or an identical caption),
         which ITC must not push apart and ITM must not sample as negatives; None with

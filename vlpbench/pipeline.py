@@ -7,13 +7,16 @@ from pathlib import Path
 
 import torch
 
-from vlpbench.config import AnnotationSource, ConfigError, ExperimentConfig, TrainConfig, VisionConfig
+from vlpbench.checkpoint import load_weights, read_checkpoint
+from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, TrainConfig, VisionConfig,
+                             config_from_dict)
 from vlpbench.data.datasets import (DatasetError, ImageCaptions, PretrainDataset, RetrievalDataset, SkipReport,
                                     load_image_captions)
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.method import Batch, VLPMethod
 from vlpbench.registry import get_method
+from vlpbench.rundir import RunDir
 from vlpbench.zoo.tokenizer import TextTokenizer, train_wordpiece
 from vlpbench.zoo.vision import VISION_PRESETS
 from vlpbench.zoo.weights import PretrainedWeightsError
@@ -130,3 +133,25 @@ class Collate:
         images, captions, regions, image_ids = zip(*items)
         input_ids, attention_mask = self.tokenizer(list(captions), self.max_text_len)
         return Batch(torch.stack(images), input_ids, attention_mask, torch.stack(regions), torch.tensor(image_ids))
+
+
+def load_trained(target: str | Path, device: torch.device) -> tuple[ExperimentConfig, VLPMethod, TextTokenizer]:
+    """A trained method from a run directory (its latest checkpoint) or a checkpoint file."""
+    target = Path(target)
+    if target.is_dir():
+        checkpoint = RunDir(target).latest_checkpoint()
+        if checkpoint is None:
+            raise FileNotFoundError(f"{target}: run directory has no checkpoint under checkpoints/")
+    elif target.is_file():
+        checkpoint = target
+    else:
+        raise FileNotFoundError(f"{target}: neither a run directory nor a checkpoint file")
+    state = read_checkpoint(checkpoint, device)
+    cfg = config_from_dict(state["config"], source=f"{checkpoint} (saved config)")
+    tokenizer = TextTokenizer.from_json(state["tokenizer"])
+    # the checkpoint holds every weight: do not look for the original pretrained files
+    model = cfg.model.model_copy(update={"vision": cfg.model.vision.model_copy(update={"pretrained": None}),
+                                         "text": cfg.model.text.model_copy(update={"pretrained": None})})
+    method = build_method(cfg.model_copy(update={"model": model}), tokenizer).to(device)
+    load_weights(method, state["model"], checkpoint)
+    return cfg, method, tokenizer

@@ -137,7 +137,7 @@ def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> tuple[str, d
     from vlpbench.analysis import matching_separation
     from vlpbench.config import AnnotationSource
     from vlpbench.data.datasets import SkipReport
-    from vlpbench.experiment import load_trained
+    from vlpbench.pipeline import load_trained
     from vlpbench.pipeline import data_sources, image_size_of, open_entries
     from vlpbench.rundir import RunDir
     run = next((r for c in cells for r in c.done if RunDir(r.run_dir).latest_checkpoint() is not None), None)

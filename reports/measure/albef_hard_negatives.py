@@ -15,7 +15,7 @@ from common import embedded_records
 
 from vlpbench.data.datasets import load_image
 from vlpbench.data.transforms import ImageTransform
-from vlpbench.experiment import load_trained
+from vlpbench.pipeline import load_trained
 from vlpbench.losses import negative_sampling_weights, sample_negatives
 from vlpbench.pipeline import image_size_of
 

@@ -17,7 +17,7 @@ from common import embedded_records
 from methods.epic import sample_without_replacement
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.data.datasets import load_image
-from vlpbench.experiment import load_trained
+from vlpbench.pipeline import load_trained
 from vlpbench.pipeline import image_size_of
 from vlpbench.wordroles import content_token_mask
 

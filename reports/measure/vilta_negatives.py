@@ -24,7 +24,7 @@ from vlpbench import pipeline, unimodal
 from vlpbench.config import load_config
 from vlpbench.data import captions as cap
 from vlpbench.data.scenes import BACKGROUND_TINTS, BACKGROUNDS, COLORS, SHAPES
-from vlpbench.experiment import load_trained
+from vlpbench.pipeline import load_trained
 from vlpbench.method import Batch
 
 PLACES = ("top", "middle", "bottom", "left", "center", "right", "above", "over", "below")

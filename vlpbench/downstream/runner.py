@@ -32,7 +32,6 @@ from vlpbench.downstream.retrieval import RetrievalTask
 from vlpbench.downstream.snli_ve import SNLIVETask
 from vlpbench.downstream.vqa import VQATask
 from vlpbench.evaluate import eval_mode
-from vlpbench.experiment import load_trained
 from vlpbench.io import write_json, write_text
 from vlpbench.rundir import RunDir
 from vlpbench.train import StoppedBySignal, Trainer
@@ -84,7 +83,7 @@ def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device
         log(f"{name}: done before ({done})")
         return json.loads(done.read_text())
     task_cfg = getattr(cfg.downstream, name)
-    _, method, tokenizer = load_trained(run.path, device)
+    _, method, tokenizer = pipeline.load_trained(run.path, device)
     image_size = task_cfg.image_size or pipeline.image_size_of(cfg.model.vision)
     for module in method.modules():
         if isinstance(module, VisionEncoder):
