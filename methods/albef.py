@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vlpbench.config import MethodConfig, divisibility_problem
+from vlpbench.config import HardNegativeConfig, divisibility_problem
 from vlpbench.losses import (false_negative_count, itm_pairs, mlm_loss, momentum_contrastive_loss,
                              sample_itm_negatives)
 from vlpbench.masking import mask_tokens_for_mlm
@@ -43,7 +43,7 @@ from vlpbench.registry import register_method
 from vlpbench.zoo.vision import VisionOutput
 
 
-class ALBEFConfig(MethodConfig):
+class ALBEFConfig(HardNegativeConfig):
     name: Literal["albef"] = "albef"
     embed_dim: int = Field(256, ge=1)
     queue_size: int = Field(65536, ge=1)
@@ -120,7 +120,8 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
         if cfg.itc:
             losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, teacher_image, batch, alpha,
                                                                  matches)
-        losses["loss_itm"] = self.itm_loss(image, text_states, batch.attention_mask, sim_i2t, sim_t2i, matches)
+        hard = cfg.hard_negative_share(progress.step) if cfg.itm_hard_negatives else 0.0
+        losses["loss_itm"] = self.itm_loss(image, text_states, batch.attention_mask, sim_i2t, sim_t2i, hard, matches)
         losses["loss_mlm"] = self.mlm_loss(image, teacher_image, batch, alpha)
         losses["loss"] = sum(losses.values())
         if matches is not None:
@@ -141,12 +142,11 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
                                          self.text_queue, self.temp, alpha, self.config.distill_itc, matches)
 
     def itm_loss(self, image: VisionOutput, text_states: torch.Tensor, attention_mask: torch.Tensor,
-                 sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None,
+                 sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None, hard: float,
                  matches: torch.Tensor | None = None) -> torch.Tensor:
-        """Eq. 4: one positive, one negative image per text and one negative text per image,
-        all fused in a single pass of 3B pairs."""
+        """Eq. 4: one positive, one negative image per text and one negative text per image (a
+        share ``hard`` of them hard negatives), all fused in a single pass of 3B pairs."""
         bs = text_states.shape[0]
-        hard = self.config.itm_hard_negatives
         negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, hard, text_states.device, matches)
         texts, masks, images, labels = itm_pairs(text_states, attention_mask, image.states, *negatives)
         return F.cross_entropy(self.match_logits(texts, masks, images), labels)

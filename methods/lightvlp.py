@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlpbench.config import MethodConfig, divisibility_problem
+from vlpbench.config import HardNegativeConfig, divisibility_problem
 from vlpbench.losses import (false_negative_count, itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify,
                              sample_itm_negatives)
 from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
@@ -45,7 +45,7 @@ from vlpbench.zoo.layers import TransformerBlock, mean_head_scores, padding_mask
 from vlpbench.zoo.vision import VisionOutput
 
 
-class LightVLPConfig(MethodConfig):
+class LightVLPConfig(HardNegativeConfig):
     """Defaults are LightVLP_base (Sec. 4.1); ``experiments/presets/lightvlp_*.yaml`` hold the presets."""
     name: Literal["lightvlp"] = "lightvlp"
     image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # Table 5 sweeps 0.25 / 0.5 / 0.75
@@ -193,8 +193,9 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
         matches = self.batch_matches(batch)
         if cfg.itc:
             losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, batch, patches, tokens, matches)
+        hard = cfg.hard_negative_share(progress.step) if cfg.itc else 0.0
         cross_image, cross_text, gate_logit = self.interact_with_negatives(image.states, text_states, text_mask,
-                                                                           sim_i2t, sim_t2i, losses, matches)
+                                                                           sim_i2t, sim_t2i, hard, losses, matches)
         if cfg.mir:
             out = self.gated_output(image.states, cross_image, gate_logit)
             pred = self.image_decoder(out, patches.restore_idx)
@@ -225,13 +226,14 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
                                          text_feat_m, self.image_queue, self.text_queue, self.config.temp,
                                          matches=matches)
 
-    def interact_with_negatives(self, image_states, text_states, text_mask, sim_i2t, sim_t2i, losses: dict,
-                                matches=None):
+    def interact_with_negatives(self, image_states, text_states, text_mask, sim_i2t, sim_t2i, hard: float,
+                                losses: dict, matches=None):
         """The cross stacks over the B pairs, plus (with ITM) a negative image per text and a negative
-        text per image in the same pass; Eq. 10 on the gate. Returns the positives' part."""
+        text per image in the same pass (a share ``hard`` of them hard); Eq. 10 on the gate. Returns
+        the positives' part."""
         bs, labels = len(image_states), None
         if self.config.itm:
-            negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, self.config.itc, image_states.device, matches)
+            negatives = sample_itm_negatives(sim_i2t, sim_t2i, bs, hard, image_states.device, matches)
             text_states, text_mask, image_states, labels = itm_pairs(text_states, text_mask, image_states, *negatives)
         cross_image, cross_text, gate_logit = self.interact(image_states, text_states, text_mask)
         if labels is not None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vlpbench.config import MethodConfig, divisibility_problem
+from vlpbench.config import HardNegativeConfig, divisibility_problem
 from vlpbench.losses import (false_negative_count, itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
                              sample_itm_negatives)
 from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, random_patch_masking
@@ -44,7 +44,7 @@ from vlpbench.zoo.decoder import MaskedDecoder
 from vlpbench.zoo.vision import VisionOutput
 
 
-class VLMAEConfig(MethodConfig):
+class VLMAEConfig(HardNegativeConfig):
     """Defaults are the paper's (Sec. 4.2, Table 9)."""
     name: Literal["vlmae"] = "vlmae"
     image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)
@@ -116,7 +116,8 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
         losses, matches = {}, self.batch_matches(batch)
         losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, full_image_m, batch,
                                                              self.current_alpha(progress), matches)
-        negatives = sample_itm_negatives(sim_i2t, sim_t2i, len(batch), True, text_states.device, matches)
+        negatives = sample_itm_negatives(sim_i2t, sim_t2i, len(batch), cfg.hard_negative_share(progress.step),
+                                         text_states.device, matches)
         texts, masks, images, labels = itm_pairs(text_states, batch.attention_mask, image.states, *negatives)
         losses["loss_itm"] = F.cross_entropy(self.match_logits(texts, masks, images), labels)
         losses["loss_mlm"] = self.mlm_loss(image, full_image_m, batch, self.current_alpha(progress))

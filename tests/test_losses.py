@@ -69,6 +69,25 @@ def test_uniform_negatives_without_hard_mining():
     assert weights.tolist() == [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
 
 
+def test_a_share_of_hard_negatives_mixes_the_two_distributions():
+    # row 0: softmax over [0, ln 3, 0] is [1/5, 3/5, 1/5]; without the diagonal [0, 3/4, 1/4];
+    # uniform is [0, 1/2, 1/2]; half of each: [0, 5/8, 3/8]
+    sim = torch.tensor([[0.0, math.log(3.0), 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    weights = negative_sampling_weights(sim, 3, hard=0.5)
+    row = weights[0] / weights[0].sum()
+    assert torch.allclose(row, torch.tensor([0.0, 0.625, 0.375]), atol=1e-6)
+    assert torch.equal(negative_sampling_weights(sim, 3, hard=0.0), negative_sampling_weights(None, 3, hard=False))
+    with pytest.raises(ValueError, match=r"share of hard negatives must lie in \[0, 1\], got 1.5"):
+        negative_sampling_weights(sim, 3, hard=1.5)
+
+
+def test_hard_negative_share_ramps_linearly_over_the_warmup():
+    from methods.albef import ALBEFConfig
+    ramp = ALBEFConfig(itm_hard_negative_warmup_steps=200)
+    assert [ramp.hard_negative_share(step) for step in (0, 50, 200, 400)] == [0.0, 0.25, 1.0, 1.0]
+    assert ALBEFConfig().hard_negative_share(0) == 1.0  # the papers: hard from the first step
+
+
 def test_hard_negative_weights_survive_softmax_underflow():
     sim = torch.tensor([[1000.0, -1000.0], [-1000.0, 1000.0]])
     weights = negative_sampling_weights(sim, 2, hard=True)

@@ -176,6 +176,20 @@ class MethodConfig(StrictModel):
         return []
 
 
+class HardNegativeConfig(MethodConfig):
+    """Keys of a method that draws its ITM negatives from the in-batch contrastive similarities
+    (ALBEF Sec. 3.3, LightVLP Sec. 3.4, VLMAE Sec. 3.4)."""
+    # not in the papers (they draw hard negatives from the first step, with pretrained encoders):
+    # the share of hard negatives rises linearly from 0 (uniform) to 1 over this many steps, a
+    # curriculum for a matching head that starts from scratch; 0: hard from the first step
+    itm_hard_negative_warmup_steps: int = Field(0, ge=0)
+
+    def hard_negative_share(self, step: int) -> float:
+        """The share of ITM negatives drawn hard at optimizer step ``step``."""
+        warmup = self.itm_hard_negative_warmup_steps
+        return 1.0 if warmup == 0 else min(1.0, step / warmup)
+
+
 class TrainConfig(StrictModel):
     steps: int = Field(..., ge=1)
     batch_size: int = Field(..., ge=2)

@@ -32,21 +32,28 @@ def contrastive_loss(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, targets_i2t: 
     return 0.5 * (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i))
 
 
-def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: bool,
+def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: float,
                               device: torch.device | str | None = None,
                               positives: torch.Tensor | None = None) -> torch.Tensor:
     """In-batch sampling weights for ITM negatives; the positive (diagonal) always has weight 0.
 
-    ``hard``: proportional to ``softmax(sim)`` (ALBEF's contrastive hard negatives); otherwise
-    uniform over the other pairs. A small floor keeps every row samplable when softmax underflows.
-    ``positives`` [B, B] (fine-tuning: pairs of the same image) also get weight 0, except in a row
-    where nothing else is left, which then falls back to the diagonal's complement.
+    ``hard`` is the share of hard negatives, in [0, 1] (a bool reads as 0 or 1): 1 draws from
+    ``softmax(sim)`` (ALBEF's contrastive hard negatives), 0 uniformly over the other pairs, and a
+    share in between from their mixture (each negative hard with that probability). A small floor
+    keeps every row samplable when softmax underflows. ``positives`` [B, B] (pairs of the same
+    image) also get weight 0, except in a row where nothing else is left, which then falls back to
+    the diagonal's complement.
     """
-    if hard:
-        weights = F.softmax(sim.float(), dim=1) + 1e-9
+    hard = float(hard)
+    if not 0.0 <= hard <= 1.0:
+        raise ValueError(f"hard: the share of hard negatives must lie in [0, 1], got {hard}")
+    uniform = torch.ones(batch, batch, device=device if sim is None else sim.device).fill_diagonal_(0.0)
+    if hard == 0.0:
+        weights = uniform
     else:
-        weights = torch.ones(batch, batch, device=device)
-    weights = weights.fill_diagonal_(0.0)
+        softmax = (F.softmax(sim.float(), dim=1) + 1e-9).fill_diagonal_(0.0)
+        weights = softmax if hard == 1.0 else (hard * softmax / softmax.sum(1, keepdim=True)
+                                               + (1.0 - hard) * uniform / (batch - 1))
     if positives is None:
         return weights
     kept = weights.masked_fill(positives, 0.0)
@@ -108,12 +115,12 @@ def momentum_contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor,
 
 
 @torch.no_grad()
-def sample_itm_negatives(sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None, batch: int, hard: bool,
+def sample_itm_negatives(sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None, batch: int, hard: float,
                          device: torch.device | str,
                          positives: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each pair, a negative image for its text and a negative text for its image (ALBEF Sec.
-    3.3, LightVLP Sec. 3.4): from the in-batch contrastive similarities when ``hard``, else uniform;
-    never a pair marked in ``positives`` [B, B] (fine-tuning: another caption of the same image)."""
+    3.3, LightVLP Sec. 3.4): a share ``hard`` of them from the in-batch contrastive similarities,
+    the rest uniform (``negative_sampling_weights``); never a pair marked in ``positives`` [B, B]."""
     def draw(sim, purpose):
         return sample_negatives(negative_sampling_weights(sim[:, :batch] if hard else None, batch, hard, device,
                                                           positives), stream(purpose, device))
