@@ -215,3 +215,46 @@ def test_folds_are_disjoint_galleries_and_the_result_is_their_mean():
     assert out["folds"]["itm_r_mean_std"] == pytest.approx(abs(first["itm"]["r_mean"] - second["itm"]["r_mean"])
                                                            / math.sqrt(2))
     assert out["num_images"] == 6 and out["chance"]["r_mean"] == first["chance"]["r_mean"]
+
+
+def test_pair_scorer_fuses_each_pair_once():
+    from vlpbench.evaluate import EncodedSplit, PairScorer
+
+    data = IndexDataset(num_images=3, captions_per_image=2)
+    table = torch.arange(18.0).view(6, 3)  # text t, image i -> 3t + i
+    method = TableMethod(table)
+    states = torch.arange(6.0)[:, None, None]
+    split = EncodedSplit(torch.arange(3.0)[:, None, None], None, states, None, torch.ones(6, 1, dtype=torch.long),
+                         data.text_to_image)
+    scorer = PairScorer(method, split, batch_size=2)
+    first = scorer(torch.tensor([0, 2, 0]), torch.tensor([0, 1, 0]))  # (image 0, text 0) twice
+    assert first.tolist() == [0.0, 5.0, 0.0] and method.calls == 2
+    second = scorer(torch.tensor([2, 1]), torch.tensor([1, 5]))  # one known pair, one new
+    assert second.tolist() == [5.0, 16.0] and method.calls == 3 and scorer.fused == 3
+
+
+@pytest.mark.parametrize("name", ["albef", "lightvlp"])
+def test_pair_scores_cut_padding_without_changing_a_score(tiny_config, name):
+    from vlpbench.config import config_from_dict
+    from vlpbench.evaluate import dataset_image_batches, encode_split, pair_scores
+    from vlpbench.pipeline import build_method
+    from vlpbench.zoo import train_wordpiece
+
+    method_keys = {"albef": {"name": "albef", "embed_dim": 32, "queue_size": 16},
+                   "lightvlp": {"name": "lightvlp", "embed_dim": 32, "queue_size": 16, "cross_layers": 1,
+                                "decoder_layers": 1, "decoder_width": 16, "decoder_heads": 2}}[name]
+    cfg = config_from_dict({**tiny_config, "method": method_keys})
+    texts = ["a red circle", "a big blue box at the top right of a plain gray background", "a box", "two circles"]
+    tok = train_wordpiece(texts * 5, vocab_size=60)
+    method = build_method(cfg, tok).eval()
+    data = IndexDataset(num_images=2, captions_per_image=2)
+    data.image_tensor = lambda i: torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i))
+    with torch.no_grad():
+        split = encode_split(method, dataset_image_batches(data, 2), texts, data.text_to_image, tok, 8, 24, "cpu")
+        image_idx, text_idx = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 2, 3])
+        batched = pair_scores(method, split, image_idx, text_idx, batch_size=4)
+        alone = torch.stack([method.match_score(split.text_states[t:t + 1], split.attention_mask[t:t + 1],
+                                                split.image_states[i:i + 1]).float()[0]
+                             for i, t in zip(image_idx.tolist(), text_idx.tolist())])
+    assert int(split.attention_mask.sum(1).min()) < split.attention_mask.shape[1]  # some texts are padded
+    assert torch.allclose(batched, alone, atol=1e-5)

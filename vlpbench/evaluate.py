@@ -148,25 +148,53 @@ def encode_split(method: VLPMethod, image_batches: Iterable[torch.Tensor], texts
 
 
 def pair_scores(method: VLPMethod, split: EncodedSplit, image_idx: torch.Tensor, text_idx: torch.Tensor,
-                 batch_size: int) -> torch.Tensor:
-    """ITM scores of the (image, text) pairs given by two index vectors, in batches."""
+                batch_size: int) -> torch.Tensor:
+    """ITM scores of the (image, text) pairs given by two index vectors, in batches of texts of
+    similar length, each cut to its longest text (padding is masked, so the scores are unchanged)."""
     scores = torch.empty(image_idx.shape[0], device=image_idx.device)
-    for start in range(0, image_idx.shape[0], batch_size):
-        part = slice(start, start + batch_size)
-        t, i = text_idx[part], image_idx[part]
-        scores[part] = method.match_score(split.text_states[t], split.attention_mask[t], split.image_states[i]).float()
+    lengths = split.attention_mask.sum(1)[text_idx]
+    order = torch.argsort(lengths, stable=True)
+    for start in range(0, order.shape[0], batch_size):
+        part = order[start:start + batch_size]
+        t, i, width = text_idx[part], image_idx[part], int(lengths[part].max())
+        scores[part] = method.match_score(split.text_states[t, :width], split.attention_mask[t, :width],
+                                          split.image_states[i]).float()
     return scores
 
 
-def _topk_rerank(method: VLPMethod, split: EncodedSplit, sims: torch.Tensor, k: int, batch_size: int,
-                 rows_are_images: bool) -> torch.Tensor:
+class PairScorer:
+    """ITM scores of pairs of one split, each pair fused once however often it is asked for (the
+    two re-ranking directions and the diagnostics share most of their pairs)."""
+
+    def __init__(self, method: VLPMethod, split: EncodedSplit, batch_size: int):
+        self.method, self.split, self.batch_size = method, split, batch_size
+        self.num_texts = split.text_states.shape[0]
+        device = split.text_states.device
+        self.keys = torch.empty(0, dtype=torch.long, device=device)  # sorted image * num_texts + text
+        self.values = torch.empty(0, device=device)
+        self.fused = 0
+
+    def __call__(self, image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
+        keys = image_idx * self.num_texts + text_idx
+        new = torch.unique(keys)
+        new = new[~torch.isin(new, self.keys)]
+        if new.numel():
+            scores = pair_scores(self.method, self.split, new // self.num_texts, new % self.num_texts,
+                                 self.batch_size)
+            self.fused += new.numel()
+            self.keys, order = torch.sort(torch.cat([self.keys, new]))
+            self.values = torch.cat([self.values, scores])[order]
+        return self.values[torch.searchsorted(self.keys, keys)]
+
+
+def _topk_rerank(scorer: PairScorer, sims: torch.Tensor, k: int, rows_are_images: bool) -> torch.Tensor:
     """ITM scores for each row's top-k columns by ``sims``, -inf elsewhere."""
     top_idx = sims.topk(min(k, sims.shape[1]), dim=1).indices
     rows = torch.arange(sims.shape[0], device=sims.device)[:, None].expand_as(top_idx).reshape(-1)
     cols = top_idx.reshape(-1)
     image_idx, text_idx = (rows, cols) if rows_are_images else (cols, rows)
     out = torch.full_like(sims, float("-inf"))
-    out[rows, cols] = pair_scores(method, split, image_idx, text_idx, batch_size)
+    out[rows, cols] = scorer(image_idx, text_idx)
     return out
 
 
@@ -249,15 +277,14 @@ def evaluate_gallery(method: VLPMethod, dataset: RetrievalDataset, tokenizer: Te
         split = encode_split(method, dataset_image_batches(dataset, cfg.batch_size), dataset.texts,
                              dataset.text_to_image, tokenizer, cfg.batch_size, max_text_len, device)
         sims = split.itc_similarities()
+        scorer = PairScorer(method, split, cfg.batch_size)
         if cfg.k_test == "all":
             scores_i2t = _all_pairs(method, split, cfg.batch_size)
             scores_t2i = scores_i2t.T
         else:
-            scores_i2t = _topk_rerank(method, split, sims, cfg.k_test, cfg.batch_size, rows_are_images=True)
-            scores_t2i = _topk_rerank(method, split, sims.T.contiguous(), cfg.k_test, cfg.batch_size,
-                                      rows_are_images=False)
-        matching = itm_diagnostics(method, split, sims if contrastive else None, cfg.batch_size) \
-            if cfg.itm_diagnostics else None
+            scores_i2t = _topk_rerank(scorer, sims, cfg.k_test, rows_are_images=True)
+            scores_t2i = _topk_rerank(scorer, sims.T.contiguous(), cfg.k_test, rows_are_images=False)
+        matching = itm_diagnostics(scorer, split, sims if contrastive else None) if cfg.itm_diagnostics else None
     itc = None
     if contrastive:
         itc = {**retrieval_metrics(sims, sims.T, split.text_to_image),
@@ -278,19 +305,17 @@ def itc_temperature(method: VLPMethod) -> float:
     return DEFAULT_TEMPERATURE if temperature is None else float(temperature)
 
 
-def itm_diagnostics(method: VLPMethod, split: EncodedSplit, sims: torch.Tensor | None, batch_size: int) -> dict:
+def itm_diagnostics(scorer: PairScorer, split: EncodedSplit, sims: torch.Tensor | None) -> dict:
     """ROC AUC of the matching score: every caption's true pair against the caption with a random
     other image, and (given ITC similarities) with the other image ITC ranks highest."""
     num_images, device = split.image_states.shape[0], split.text_to_image.device
     texts, true = torch.arange(len(split.text_to_image), device=device), split.text_to_image
     shift = torch.randint(1, num_images, (len(true),), generator=torch.Generator().manual_seed(0)).to(device)
-    positive = pair_scores(method, split, true, texts, batch_size).cpu()
-    out = {"auc_random_negatives": roc_auc(positive, pair_scores(method, split, (true + shift) % num_images, texts,
-                                                                 batch_size).cpu())}
+    positive = scorer(true, texts).cpu()
+    out = {"auc_random_negatives": roc_auc(positive, scorer((true + shift) % num_images, texts).cpu())}
     if sims is not None:
         others = sims.T.masked_fill(true[:, None] == torch.arange(num_images, device=device)[None], float("-inf"))
-        out["auc_hard_negatives"] = roc_auc(positive, pair_scores(method, split, others.argmax(1), texts,
-                                                                  batch_size).cpu())
+        out["auc_hard_negatives"] = roc_auc(positive, scorer(others.argmax(1), texts).cpu())
     return out
 
 
