@@ -43,7 +43,7 @@ def test_mini_experiments_change_only_the_method(path):
     raw["downstream"] = {**raw["downstream"], "tasks": cfg.downstream.tasks}  # which tasks follow pre-training
     if cfg.eval.retrieval.k_test == "all":  # allowed (on a subset) for methods without a contrastive embedding only
         assert not cfg.method.has_contrastive_embedding()
-        protocol = {"k_test": "all", "max_images": cfg.eval.retrieval.max_images}
+        protocol = {"k_test": "all", "max_images": cfg.eval.retrieval.max_images, "fold_images": None}
         raw["eval"] = {**raw["eval"], "retrieval": {**raw["eval"]["retrieval"], **protocol}}
     assert cfg == config_from_dict(raw), "a mini experiment may set only name, method and downstream.tasks; the rest is mini_base.yaml's"
 
@@ -58,6 +58,8 @@ def test_mini_budget_settings():
 def test_one_override_puts_an_experiment_at_paper_scale(name):
     cfg = load_config(EXPERIMENTS / f"{name}.yaml", ["scale=base"])
     assert cfg.scale == "base" and cfg.model.vision.preset == "vit_base" and cfg.model.text.preset == "bert_base"
+    assert cfg.eval.ema is None and cfg.eval.retrieval.fold_images is None  # mini v2's, not the papers'
+    assert cfg.train.min_lr > 0
     assert cfg.model.unimodal.text_steps == 0 and cfg.model.text.pretrained == "bert-base-uncased"
     assert cfg.train.batch_size >= 512 and cfg.name == load_config(EXPERIMENTS / f"{name}.yaml").name
 
