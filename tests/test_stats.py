@@ -55,6 +55,17 @@ def test_summary_of_runs_lists_each_metric_with_its_seeds():
     assert "3 seeds [0, 1, 2]" in text and "40.00 42.00 44.00" in text
 
 
+def test_summary_reports_the_spread_between_test_folds():
+    def result(seed, fold_std):
+        return {"experiment": "x", "run_dir": f"runs/x/{seed}", "seed": seed, "complete": True,
+                "train": {"seconds": 1.0},
+                "retrieval": {"itm": {"r_mean": 40.0, "txt_r1": 1.0, "img_r1": 2.0}, "itc": None, "k_test": 16,
+                              "seconds": 1.0, "folds": {"count": 3, "itm_r_mean_std": fold_std}}}
+    summary = summarize([result(0, 0.3), result(1, 0.5)])
+    assert summary["metrics"]["r_mean fold std"]["mean"] == pytest.approx(0.4)
+    assert "the test split's own sampling noise for one fold" in format_summary(summary)
+
+
 def test_comparison_reports_the_difference_with_its_interval():
     def result(experiment, seed, r_mean):
         return {"experiment": experiment, "run_dir": f"runs/{experiment}/{seed}", "seed": seed, "complete": True,

@@ -17,6 +17,7 @@ METRICS = (
     ("retrieval.itc.r_mean", "r_mean ITC-only"), ("retrieval.itm.mrr", "MRR"), ("retrieval.itc.loss", "ITC test loss"),
     ("retrieval.itm_diagnostics.auc_random_negatives", "ITM AUC random"),
     ("retrieval.itm_diagnostics.auc_hard_negatives", "ITM AUC hard"),
+    ("retrieval.folds.itm_r_mean_std", "r_mean fold std"),
     ("diagnostics.itm.final_loss_itm", "ITM train loss"), ("train.seconds", "train s"), ("retrieval.seconds", "eval s"),
 )
 VERDICTS = (("itm", "itm_learned", "ITM head learned"), ("convergence", "flattened", "loss curve flattened"))
@@ -107,6 +108,9 @@ def format_summary(summary: dict) -> str:
         values = " ".join(f"{v:.2f}" for v in m["values"])
         lines.append(f"{label:<16} {m['mean']:8.2f} {m['std']:7.2f} {interval:>19} {m['mdd']:7.2f}   {values}")
     lines += [f"{label}: {count} seeds" for label, count in summary.get("verdicts", {}).items()]
+    if "r_mean fold std" in summary["metrics"]:
+        lines.append("r_mean fold std: within one run, the std of r_mean between its disjoint test folds (the "
+                     "test split's own sampling noise for one fold; the folds' mean has that / sqrt(folds))")
     lines.append(f"MDD: the smallest difference between two configurations that {n} seeds each detect "
                  "(two-sided t-test, alpha 0.05, power 0.8)")
     return "\n".join(lines)
