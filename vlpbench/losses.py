@@ -47,13 +47,13 @@ def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: float,
     hard = float(hard)
     if not 0.0 <= hard <= 1.0:
         raise ValueError(f"hard: the share of hard negatives must lie in [0, 1], got {hard}")
-    uniform = torch.ones(batch, batch, device=device if sim is None else sim.device).fill_diagonal_(0.0)
     if hard == 0.0:
-        weights = uniform
+        weights = torch.ones(batch, batch, device=device).fill_diagonal_(0.0)
     else:
-        softmax = (F.softmax(sim.float(), dim=1) + 1e-9).fill_diagonal_(0.0)
-        weights = softmax if hard == 1.0 else (hard * softmax / softmax.sum(1, keepdim=True)
-                                               + (1.0 - hard) * uniform / (batch - 1))
+        weights = (F.softmax(sim.float(), dim=1) + 1e-9).fill_diagonal_(0.0)
+        if hard < 1.0:  # each row a distribution first, then the two mixed; off the diagonal, uniform is 1/(B-1)
+            weights = hard * weights / weights.sum(1, keepdim=True) + (1.0 - hard) / (batch - 1)
+            weights.fill_diagonal_(0.0)
     if positives is None:
         return weights
     kept = weights.masked_fill(positives, 0.0)
