@@ -230,7 +230,7 @@ def test_pair_scorer_fuses_each_pair_once():
     first = scorer(torch.tensor([0, 2, 0]), torch.tensor([0, 1, 0]))  # (image 0, text 0) twice
     assert first.tolist() == [0.0, 5.0, 0.0] and method.calls == 2
     second = scorer(torch.tensor([2, 1]), torch.tensor([1, 5]))  # one known pair, one new
-    assert second.tolist() == [5.0, 16.0] and method.calls == 3 and scorer.fused == 3
+    assert second.tolist() == [5.0, 16.0] and method.calls == 3 and len(scorer.keys) == 3
 
 
 @pytest.mark.parametrize("name", ["albef", "lightvlp"])

@@ -172,7 +172,6 @@ class PairScorer:
         device = split.text_states.device
         self.keys = torch.empty(0, dtype=torch.long, device=device)  # sorted image * num_texts + text
         self.values = torch.empty(0, device=device)
-        self.fused = 0
 
     def __call__(self, image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
         keys = image_idx * self.num_texts + text_idx
@@ -181,7 +180,6 @@ class PairScorer:
         if new.numel():
             scores = pair_scores(self.method, self.split, new // self.num_texts, new % self.num_texts,
                                  self.batch_size)
-            self.fused += new.numel()
             self.keys, order = torch.sort(torch.cat([self.keys, new]))
             self.values = torch.cat([self.values, scores])[order]
         return self.values[torch.searchsorted(self.keys, keys)]
@@ -198,13 +196,13 @@ def _topk_rerank(scorer: PairScorer, sims: torch.Tensor, k: int, rows_are_images
     return out
 
 
-def _all_pairs(method: VLPMethod, split: EncodedSplit, batch_size: int) -> torch.Tensor:
+def _all_pairs(scorer: PairScorer) -> torch.Tensor:
     """[images, texts] ITM scores of every pair, each computed once for both directions."""
-    num_images, num_texts = split.image_states.shape[0], split.text_states.shape[0]
-    device = split.text_states.device
+    num_images, num_texts = scorer.split.image_states.shape[0], scorer.num_texts
+    device = scorer.split.text_states.device
     image_idx = torch.arange(num_images, device=device).repeat_interleave(num_texts)
     text_idx = torch.arange(num_texts, device=device).repeat(num_images)
-    return pair_scores(method, split, image_idx, text_idx, batch_size).view(num_images, num_texts)
+    return scorer(image_idx, text_idx).view(num_images, num_texts)
 
 
 @contextmanager
@@ -279,7 +277,7 @@ def evaluate_gallery(method: VLPMethod, dataset: RetrievalDataset, tokenizer: Te
         sims = split.itc_similarities()
         scorer = PairScorer(method, split, cfg.batch_size)
         if cfg.k_test == "all":
-            scores_i2t = _all_pairs(method, split, cfg.batch_size)
+            scores_i2t = _all_pairs(scorer)
             scores_t2i = scores_i2t.T
         else:
             scores_i2t = _topk_rerank(scorer, sims, cfg.k_test, rows_are_images=True)
