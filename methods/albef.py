@@ -40,6 +40,7 @@ from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
+from vlpbench.streams import init_part
 from vlpbench.zoo.vision import VisionOutput
 
 
@@ -91,8 +92,8 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
         if self.needs_teacher:
             self.teacher = momentum_teacher(self, self._ema_names)
         if config.itc:
-            self.image_queue = FeatureQueue(config.queue_size, config.embed_dim)
-            self.text_queue = FeatureQueue(config.queue_size, config.embed_dim)
+            self.image_queue = init_part("image_queue", FeatureQueue, config.queue_size, config.embed_dim)
+            self.text_queue = init_part("text_queue", FeatureQueue, config.queue_size, config.embed_dim)
 
     _ema_names = ("visual_encoder", "vision_proj", "text", "text_proj")
 

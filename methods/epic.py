@@ -35,7 +35,7 @@ from vlpbench.config import ConfigError, MethodConfig
 from vlpbench.method import Batch, FusedPair, FusionStream, Progress, VLPMethod
 from vlpbench.registry import get_method, register_method
 from vlpbench.rundir import RunDir
-from vlpbench.streams import stream
+from vlpbench.streams import init_part, stream
 from vlpbench.zoo import TEXT_PRESETS, create_text_model
 from vlpbench.zoo.vision import VisionOutput
 
@@ -105,10 +105,10 @@ class EPIC(VLPMethod):
     def __init__(self, config: EPICConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
         self.base = get_method(config.base.name)(config.base, model, tokenizer)
-        self.consistency_head = nn.Linear(TEXT_PRESETS[model.text.preset].width, 1)  # beta
+        self.consistency_head = init_part("consistency_head", nn.Linear, TEXT_PRESETS[model.text.preset].width, 1)
         if config.replacement == "lm":
-            self.generator = create_text_model(model.text.preset, None, model.text.pretrained,
-                                               vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
+            self.generator = init_part("generator", create_text_model, model.text.preset, None, model.text.pretrained,
+                                       vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
             self.generator.requires_grad_(config.generator == "fine_tune")
         self.saliency_model = self._load_saliency_teacher(config.saliency_teacher, tokenizer) \
             if config.masking == "saliency" else None

@@ -39,6 +39,7 @@ from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_
 from vlpbench.method import Batch, ContrastiveEmbeddings, FusedPair, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
+from vlpbench.streams import init_part
 from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.decoder import MaskedDecoder
 from vlpbench.zoo.layers import TransformerBlock, mean_head_scores, padding_mask_to_attn_mask
@@ -88,32 +89,34 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
 
     def __init__(self, config: LightVLPConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
-        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
-        self.text = create_text_model(model.text.preset, None, model.text.pretrained, vocab_size=tokenizer.vocab_size,
-                                      **model.text.preset_overrides())
+        self.visual_encoder = init_part("visual_encoder", create_vision_encoder, model.vision.preset,
+                                        model.vision.pretrained, model.vision.image_size)
+        self.text = init_part("text", create_text_model, model.text.preset, None, model.text.pretrained,
+                              vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
         # MTR predicts through the text decoder; BERT's MLM head stays (frozen) so that the uni-modal
         # warm start and BERT checkpoints load into the text model unchanged
         self.text.mlm_head.requires_grad_(False)
         vision_width, text_width, preset = self.visual_encoder.width, self.text.width, self.text.preset
-        self.vision_proj = nn.Linear(vision_width, config.embed_dim)
-        self.text_proj = nn.Linear(text_width, config.embed_dim)
-        self.image_cross = nn.ModuleList(self._cross_block(vision_width, text_width) for _ in range(config.cross_layers))
-        self.text_cross = nn.ModuleList(self._cross_block(text_width, vision_width) for _ in range(config.cross_layers))
-        self.gate_head = nn.Linear(vision_width, 1)
+        self.vision_proj = init_part("vision_proj", nn.Linear, vision_width, config.embed_dim)
+        self.text_proj = init_part("text_proj", nn.Linear, text_width, config.embed_dim)
+        self.image_cross = init_part("image_cross", self._cross_blocks, vision_width, text_width, config.cross_layers)
+        self.text_cross = init_part("text_cross", self._cross_blocks, text_width, vision_width, config.cross_layers)
+        self.gate_head = init_part("gate_head", nn.Linear, vision_width, 1)
         patch = self.visual_encoder.vit.patch_embed.patch_size[0]
-        self.image_decoder = MaskedDecoder(vision_width, config.decoder_width, config.decoder_layers, config.decoder_heads,
-                                           self.visual_encoder.num_patches, patch * patch * 3, prefix_tokens=1)
-        self.text_decoder = MaskedDecoder(text_width, config.decoder_width, config.decoder_layers, config.decoder_heads,
-                                          preset.max_positions, tokenizer.vocab_size)
+        decoder = (config.decoder_width, config.decoder_layers, config.decoder_heads)
+        self.image_decoder = init_part("image_decoder", MaskedDecoder, vision_width, *decoder,
+                                       self.visual_encoder.num_patches, patch * patch * 3, prefix_tokens=1)
+        self.text_decoder = init_part("text_decoder", MaskedDecoder, text_width, *decoder, preset.max_positions,
+                                      tokenizer.vocab_size)
         if config.itc:
             self.teacher = momentum_teacher(self, self._ema_names)
-            self.image_queue = FeatureQueue(config.queue_size, config.embed_dim)
-            self.text_queue = FeatureQueue(config.queue_size, config.embed_dim)
+            self.image_queue = init_part("image_queue", FeatureQueue, config.queue_size, config.embed_dim)
+            self.text_queue = init_part("text_queue", FeatureQueue, config.queue_size, config.embed_dim)
 
-    def _cross_block(self, width: int, other_width: int) -> TransformerBlock:
+    def _cross_blocks(self, width: int, other_width: int, layers: int) -> nn.ModuleList:
         p = self.text.preset
-        return TransformerBlock(width, p.num_heads, 4 * width, p.dropout, cross_width=other_width,
-                                eps=p.layer_norm_eps, self_attention=False)
+        return nn.ModuleList(TransformerBlock(width, p.num_heads, 4 * width, p.dropout, cross_width=other_width,
+                                              eps=p.layer_norm_eps, self_attention=False) for _ in range(layers))
 
     # ---- evaluation interface ----
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

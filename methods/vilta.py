@@ -46,7 +46,7 @@ from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusedPair, Progress, VLPMethod
 from vlpbench.momentum import momentum_copy
 from vlpbench.registry import register_method
-from vlpbench.streams import stream
+from vlpbench.streams import init_part, stream
 from vlpbench.wordroles import content_token_mask
 from vlpbench.zoo import create_text_model, create_vision_encoder
 from vlpbench.zoo.coattention import CoAttentionFusion
@@ -137,13 +137,14 @@ class ViLTA(VLPMethod):
 
     def __init__(self, config: ViLTAConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
-        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
-        self.text = create_text_model(model.text.preset, None, model.text.pretrained, vocab_size=tokenizer.vocab_size,
-                                      **model.text.preset_overrides())
+        self.visual_encoder = init_part("visual_encoder", create_vision_encoder, model.vision.preset,
+                                        model.vision.pretrained, model.vision.image_size)
+        self.text = init_part("text", create_text_model, model.text.preset, None, model.text.pretrained,
+                              vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
         p = self.text.preset
-        self.fusion = CoAttentionFusion(self.text.width, self.visual_encoder.width, config.fusion_layers, p.num_heads,
-                                        p.dropout, p.layer_norm_eps)
-        self.itm_head = nn.Linear(self.text.width + self.visual_encoder.width, 2)
+        self.fusion = init_part("fusion", CoAttentionFusion, self.text.width, self.visual_encoder.width,
+                                config.fusion_layers, p.num_heads, p.dropout, p.layer_norm_eps)
+        self.itm_head = init_part("itm_head", nn.Linear, self.text.width + self.visual_encoder.width, 2)
         if config.uses_teacher():
             self.language_teacher = momentum_copy(self.text).eval()  # frozen at the pre-trained weights
         self.register_buffer("special_ids", torch.tensor(tokenizer.special_ids), persistent=False)

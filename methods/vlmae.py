@@ -40,6 +40,7 @@ from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, rando
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
 from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
+from vlpbench.streams import init_part
 from vlpbench.zoo.decoder import MaskedDecoder
 from vlpbench.zoo.vision import VisionOutput
 
@@ -90,12 +91,13 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
         self.build_fusion_model(model, tokenizer, config.embed_dim, config.temp)
         self.patch_size = self.visual_encoder.vit.patch_embed.patch_size[0]
         if config.mim != "none":
-            self.image_decoder = MaskedDecoder(self.visual_encoder.width, config.decoder_width, config.decoder_layers,
-                                               config.decoder_heads, self.visual_encoder.num_patches,
-                                               self.patch_size ** 2 * 3, prefix_tokens=1, context_width=self.text.width)
+            self.image_decoder = init_part("image_decoder", MaskedDecoder, self.visual_encoder.width,
+                                           config.decoder_width, config.decoder_layers, config.decoder_heads,
+                                           self.visual_encoder.num_patches, self.patch_size ** 2 * 3,
+                                           prefix_tokens=1, context_width=self.text.width)
         self.teacher = momentum_teacher(self, self._ema_names)
-        self.image_queue = FeatureQueue(config.queue_size, config.embed_dim)
-        self.text_queue = FeatureQueue(config.queue_size, config.embed_dim)
+        self.image_queue = init_part("image_queue", FeatureQueue, config.queue_size, config.embed_dim)
+        self.text_queue = init_part("text_queue", FeatureQueue, config.queue_size, config.embed_dim)
 
     def current_alpha(self, progress: Progress) -> float:
         cfg = self.config

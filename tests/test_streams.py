@@ -1,6 +1,6 @@
 """Common random numbers (issue 21.1): two configurations run with one seed share every draw they
 have in common: data order, augmentations, the initial weights of shared parameters, and each
-purpose's per-step draws, whatever else either configuration draws."""
+purpose's per-step draws, whatever else either configuration draws or builds."""
 
 import copy
 
@@ -10,7 +10,7 @@ from vlpbench import pipeline
 from vlpbench.config import config_from_dict
 from vlpbench.data.datasets import SkipReport
 from vlpbench.masking import mask_tokens_for_mlm, random_patch_masking, random_token_masking
-from vlpbench.streams import stream
+from vlpbench.streams import init_part, stream
 from vlpbench.train import Trainer
 
 LIGHTVLP = {"name": "lightvlp", "embed_dim": 32, "queue_size": 16, "cross_layers": 2, "decoder_layers": 1,
@@ -47,6 +47,33 @@ def test_albef_table1_row1_starts_its_shared_parameters_as_full_albef_does(tiny_
     full_state, row1_state = full.state_dict(), row1.state_dict()
     shared = [k for k in row1_state if k in full_state and not k.startswith("teacher.")]
     assert len(shared) > 100 and all(torch.equal(row1_state[k], full_state[k]) for k in shared)
+
+
+def test_a_part_starts_identical_whatever_optional_part_is_built_before_it(tiny_config):
+    # VLMAE Table 6: the Baseline (mim: none) builds no image decoder, which +RMIM builds before its queues
+    vlmae = {"name": "vlmae", "embed_dim": 32, "queue_size": 16, "decoder_layers": 1, "decoder_width": 32,
+             "decoder_heads": 2}
+    rmim, _ = built(tiny_config, vlmae)
+    baseline, _ = built(tiny_config, {**vlmae, "mim": "none", "ifr": False})
+    rmim_state, baseline_state = rmim.state_dict(), baseline.state_dict()
+    assert any(k.startswith("image_decoder.") for k in rmim_state)
+    assert not any(k.startswith("image_decoder.") for k in baseline_state)
+    assert all(torch.equal(value, rmim_state[key]) for key, value in baseline_state.items())
+    assert torch.equal(baseline.image_queue.features, rmim.image_queue.features)
+
+
+def test_init_part_draws_from_its_own_stream_and_leaves_the_global_one_untouched():
+    torch.manual_seed(7)
+    first = init_part("head", torch.nn.Linear, 4, 2)
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    torch.nn.Linear(8, 8)  # another part built first draws from the global generator...
+    second = init_part("head", torch.nn.Linear, 4, 2)  # ...and "head" starts as before
+    assert torch.equal(first.weight, second.weight)
+    assert not torch.equal(init_part("tail", torch.nn.Linear, 4, 2).weight, first.weight)
+    torch.manual_seed(7)
+    init_part("head", torch.nn.Linear, 4, 2)
+    assert torch.equal(torch.rand(3), after)  # as if nothing had been drawn
 
 
 def test_each_purpose_draws_the_same_numbers_whatever_else_is_drawn():

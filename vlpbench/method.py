@@ -12,6 +12,7 @@ from torch import nn
 
 from vlpbench.config import MethodConfig, ModelConfig
 from vlpbench.losses import matching_pairs
+from vlpbench.streams import init_part
 from vlpbench.zoo.layers import MultiHeadAttention
 from vlpbench.zoo.text import BertTextModel, create_text_model
 from vlpbench.zoo.tokenizer import TextTokenizer
@@ -178,12 +179,13 @@ class FusionEncoderMatching(ContrastiveEmbeddings):
 
     def build_fusion_model(self, model: ModelConfig, tokenizer: TextTokenizer, embed_dim: int, temp: float) -> None:
         """ALBEF's parts from the zoo: ViT, text + fusion BERT, ITC projections, ITM head, temperature."""
-        self.visual_encoder = create_vision_encoder(model.vision.preset, model.vision.pretrained, model.vision.image_size)
-        self.text = create_text_model(model.text.preset, self.visual_encoder.width, model.text.pretrained,
-                                      vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
-        self.vision_proj = nn.Linear(self.visual_encoder.width, embed_dim)
-        self.text_proj = nn.Linear(self.text.width, embed_dim)
-        self.itm_head = nn.Linear(self.text.width, 2)
+        self.visual_encoder = init_part("visual_encoder", create_vision_encoder, model.vision.preset,
+                                        model.vision.pretrained, model.vision.image_size)
+        self.text = init_part("text", create_text_model, model.text.preset, self.visual_encoder.width,
+                              model.text.pretrained, vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
+        self.vision_proj = init_part("vision_proj", nn.Linear, self.visual_encoder.width, embed_dim)
+        self.text_proj = init_part("text_proj", nn.Linear, self.text.width, embed_dim)
+        self.itm_head = init_part("itm_head", nn.Linear, self.text.width, 2)
         self.temp = nn.Parameter(torch.tensor(temp))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

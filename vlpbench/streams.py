@@ -10,13 +10,20 @@ forward pass; one asked for twice in a pass gets the same numbers, so callers na
 
 Dropout draws from torch's global generator, seeded per step as before (``F.dropout`` takes no
 generator); the data order and augmentations have streams of their own (``vlpbench.train``).
+
+Initial weights: a method builds each of its parts with ``init_part(name, build, ...)``, which
+initialises that part from a stream of (seed, "init", name). A part two configurations both build
+starts identical, whatever parts either builds before it (an optional decoder, a second queue).
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Callable, TypeVar
 
 import torch
+
+Part = TypeVar("Part")
 
 
 def derived_seed(*parts) -> int:
@@ -28,3 +35,12 @@ def derived_seed(*parts) -> int:
 def stream(purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator on ``device`` for ``purpose``, determined by the seed torch was last seeded with."""
     return torch.Generator(device=device).manual_seed(derived_seed(torch.initial_seed(), purpose))
+
+
+def init_part(name: str, build: Callable[..., Part], *args, **kwargs) -> Part:
+    """``build(*args, **kwargs)`` with torch's global generator seeded from (seed, "init", ``name``);
+    afterwards the global generator continues as if the part had drawn nothing."""
+    seed = torch.initial_seed()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, "init", name))
+        return build(*args, **kwargs)
