@@ -5,8 +5,11 @@ import pytest
 from PIL import Image
 
 from vlpbench.config import EmbeddedDataConfig
-from vlpbench.data.datasets import DatasetError, SkipReport, load_image, load_image_captions, to_rgb
+from vlpbench.data.datasets import (DatasetError, PretrainDataset, SkipReport, load_image, load_image_captions,
+                                    to_rgb)
 from vlpbench.data.embedded import dataset_dir, ensure_embedded_dataset
+from vlpbench.data.scenes import Scene, SceneObject
+from vlpbench.data.transforms import ImageTransform
 
 
 def make_image(path, mode="RGB", size=(12, 10)):
@@ -210,3 +213,40 @@ def test_downstream_wording_does_not_give_the_label_away():
     for scene in scenes[:200]:
         (entailed, _), (contradicted, _), (neutral, _) = cap.entailment_hypotheses(scene, rng)
         assert sentence_frame(entailed).replace(" an ", " a ") == sentence_frame(contradicted).replace(" an ", " a ")
+
+
+def test_a_scene_key_ignores_what_no_caption_can_tell_apart():
+    star = SceneObject("star", "red", "small", 0, 2, cx=0.80, cy=0.15, radius=0.10)
+    moved = SceneObject("star", "red", "small", 0, 2, cx=0.85, cy=0.18, radius=0.10)  # same grid cell
+    disc = SceneObject("circle", "blue", "large", 1, 1, cx=0.5, cy=0.5, radius=0.16)
+    assert Scene((star, disc), "plain", "gray").key == Scene((disc, moved), "plain", "gray").key
+    assert Scene((star, disc), "plain", "gray").key != Scene((star, disc), "dotted", "gray").key
+    assert Scene((star,), "plain", "gray").key != Scene((star, disc), "plain", "gray").key
+
+
+def test_embedded_scene_ids_name_the_first_image_of_each_scene(tmp_path):
+    cfg = EmbeddedDataConfig(num_pretrain_images=300, max_objects=1, num_test_images=4, image_size=32,
+                             root=str(tmp_path))  # one object per scene: twins are common
+    folder = ensure_embedded_dataset(cfg, log=lambda *_: None)
+    pretrain = json.loads((folder / "pretrain.json").read_text())
+    graphs = json.loads((folder / "scene_graphs.json").read_text())
+    first: dict = {}
+    for record in pretrain:
+        g = graphs[record["image"]]
+        key = Scene(tuple(SceneObject(**o) for o in g["objects"]), g["background"], g["tint"]).key
+        assert record["scene_id"] == first.setdefault(key, record["image_id"])
+    assert len(first) < 300  # some scenes repeat
+
+
+def test_pairs_of_one_scene_share_a_match_id_and_a_bad_scene_id_is_named(tmp_path):
+    names = [make_image(tmp_path / f"{i}.png") for i in range(3)]
+    records = [{"image": names[0], "caption": ["a", "b"], "scene_id": 7}, {"image": names[1], "caption": "c",
+               "scene_id": 7}, {"image": names[2], "caption": "d"}, {"image": names[2], "caption": "e"}]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(records))
+    dataset = PretrainDataset(load_image_captions([str(ann)], tmp_path, "error", True, SkipReport()),
+                              ImageTransform(8))
+    assert [image_id for _, _, image_id in dataset.pairs] == [0, 0, 0, 1, 1]
+    ann.write_text(json.dumps([{"image": names[0], "caption": "x", "scene_id": [1]}]))
+    with pytest.raises(DatasetError, match=r"ann.json: record 0: 'scene_id' must be an integer or a string"):
+        load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())

@@ -63,7 +63,7 @@ def negative_sampling_weights(sim: torch.Tensor | None, batch: int, hard: float,
 @torch.no_grad()
 def matching_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    image_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, B] True where pair j matches pair i: the same image (``image_ids``), or an identical
+    """[B, B] True where pair j matches pair i: the same image or scene (``image_ids``), or an identical
     caption (then pair i's caption describes pair j's image too); the diagonal is True."""
     tokens = input_ids * attention_mask
     matches = (tokens[:, None, :] == tokens[None, :, :]).all(-1)

@@ -25,7 +25,7 @@ class Batch:
     input_ids: torch.Tensor       # [B, L]
     attention_mask: torch.Tensor  # [B, L], 1 = token
     regions: torch.Tensor | None = None  # [B, H, W] bool: where the caption's objects are (all True: unknown)
-    image_ids: torch.Tensor | None = None  # [B] long: pairs of one image share an id (None: unknown)
+    image_ids: torch.Tensor | None = None  # [B] long: pairs of one image or scene share an id (None: unknown)
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(*(None if t is None else t.to(device, non_blocking=True)

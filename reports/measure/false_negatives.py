@@ -1,5 +1,5 @@
-"""How often two pairs of a pre-training batch match each other (the same image, or an identical
-caption), replaying a run's own batches: its data, tokenizer, sampler, batch size and steps.
+"""How often two pairs of a pre-training batch match each other (the same image, another image of
+the same scene (the embedded data's scene_id), or an identical caption), replaying a run's own batches: its data, tokenizer, sampler, batch size and steps.
 
     python reports/measure/false_negatives.py [EXPERIMENT]    # default experiments/albef_mini.yaml
 
@@ -26,19 +26,22 @@ def main() -> None:
     dataset = pipeline.pretrain_dataset(entries, cfg, SkipReport())
     captions = [caption for _, caption, _ in dataset.pairs]
     ids, mask = pipeline.make_tokenizer(cfg, entries)(captions, cfg.data.max_text_len)
-    image_ids = torch.tensor([image for _, _, image in dataset.pairs])
-    counts = {"any": [], "same image": [], "identical caption": []}
+    image_ids = torch.tensor([image for _, _, image in dataset.pairs])  # one id per scene
+    files: dict = {}
+    file_ids = torch.tensor([files.setdefault(entry.image, len(files)) for entry, _, _ in dataset.pairs])
+    counts = {"any": [], "same image": [], "same scene": [], "identical caption": []}
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed)
     for _, keys in zip(range(cfg.train.steps), sampler):
         index = torch.tensor([key for key, _ in keys])
-        batch_ids, batch_mask, batch_images = ids[index], mask[index], image_ids[index]
+        batch_ids, batch_mask, batch_images, batch_files = ids[index], mask[index], image_ids[index], file_ids[index]
         counts["any"].append(false_negative_count(matching_pairs(batch_ids, batch_mask, batch_images)).item())
-        counts["same image"].append(false_negative_count(batch_images[:, None] == batch_images[None]).item())
+        counts["same image"].append(false_negative_count(batch_files[:, None] == batch_files[None]).item())
+        counts["same scene"].append(false_negative_count(batch_images[:, None] == batch_images[None]).item())
         counts["identical caption"].append(false_negative_count(matching_pairs(batch_ids, batch_mask)).item())
     steps = len(counts["any"])
-    print(f"{cfg.name}: {len(dataset)} pairs of {len(set(image_ids.tolist()))} images, {len(set(captions))} distinct "
-          f"captions; batch {cfg.train.batch_size}, {steps} steps")
-    print("matching ordered pairs per step: " + ", ".join(f"{k} {sum(v) / steps:.2f}" for k, v in counts.items())
+    print(f"{cfg.name}: {len(dataset)} pairs of {len(files)} images ({len(set(image_ids.tolist()))} distinct scenes), "
+          f"{len(set(captions))} distinct captions; batch {cfg.train.batch_size}, {steps} steps")
+    print("matching ordered pairs per step: " + ", ".join(f"{k} {sum(v) / steps:.3f}" for k, v in counts.items())
           + f"; steps with any: {sum(c > 0 for c in counts['any'])} of {steps}")
 
 

@@ -132,6 +132,7 @@ class ImageCaptions:
     source: str  # "file#index", for error messages
     boxes: list[list[float]] | None = None  # [x, y, w, h] pixels: the regions the captions name (VLMAE RMIM)
     noise: str | None = None  # a known-noisy pair's kind (embedded data: mismatch, wrong_attribute); None: clean
+    scene_id: int | str | None = None  # records of one scene_id show one scene (embedded data); None: unknown
 
 
 def _boxes_of(record: dict) -> list[list[float]] | None:
@@ -213,7 +214,20 @@ def parse_image_captions(record, root: Path, source: str, verify_images: bool) -
     captions = _captions_of(record)
     path = check_image(record.get("image"), root, verify_images)
     noise = record.get("noise")
-    return ImageCaptions(path, captions, source, _boxes_of(record), noise if isinstance(noise, str) else None)
+    return ImageCaptions(path, captions, source, _boxes_of(record), noise if isinstance(noise, str) else None,
+                         _scene_id_of(record))
+
+
+def _scene_id_of(record: dict) -> int | str | None:
+    """Optional ``scene_id``: images that share one show the same scene, so their pairs match."""
+    scene_id = record.get("scene_id")
+    if scene_id is not None and (isinstance(scene_id, bool) or not isinstance(scene_id, (int, str))):
+        raise RecordError("'scene_id' must be an integer or a string", f"got {str(scene_id)[:80]}")
+    return scene_id
+
+
+def _scene_of(entry: ImageCaptions) -> tuple:
+    return ("scene", entry.scene_id) if entry.scene_id is not None else ("image", entry.image)
 
 
 class PretrainDataset(Dataset):
@@ -221,8 +235,9 @@ class PretrainDataset(Dataset):
     augmentation is a function of the sampler's seed, which makes resumed runs exact."""
 
     def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
-        image_ids: dict[Path, int] = {}  # records of one image file (its several captions) share an id
-        self.pairs = [(e, c, image_ids.setdefault(e.image, len(image_ids))) for e in entries for c in e.captions]
+        # records of one image file (its several captions), or of one scene_id, share an id
+        image_ids: dict[tuple, int] = {}
+        self.pairs = [(e, c, image_ids.setdefault(_scene_of(e), len(image_ids))) for e in entries for c in e.captions]
         self.transform = transform
 
     def __len__(self) -> int:

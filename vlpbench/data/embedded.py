@@ -1,7 +1,8 @@
 """The embedded default dataset: generated deterministically from its parameters, cached on disk.
 
 Layout (all annotation files in the ALBEF JSON formats, image paths relative to the folder):
-  pretrain.json          [{image, caption, image_id, phrases, noise, partial}]  pre-training pairs
+  pretrain.json          [{image, caption, image_id, scene_id, phrases, noise, partial}]  pre-training pairs;
+                         scene_id: the first image_id whose scene graph a caption cannot tell apart
   retrieval_train.json   [{image, caption, image_id}]       5 clean captions of each pre-training image
   retrieval_test.json    [{image, caption: [5 captions], image_id}]
   vqa_{train,test}.json  [{question_id, image, question, answer: [..], dataset}]
@@ -28,7 +29,7 @@ from vlpbench.data import captions as cap
 from vlpbench.data.scenes import Scene, render, sample_scene
 from vlpbench.io import build_folder_atomically, write_json
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5  # 5: pretrain records carry scene_id
 TEST_CAPTIONS_PER_IMAGE = 5
 
 
@@ -90,11 +91,12 @@ def generate(cfg: EmbeddedDataConfig, out: Path) -> dict[str, int]:
     train_paths = _render_split(train_scenes, "pretrain", out, cfg.image_size, rng)
     test_paths = _render_split(test_scenes, "test", out, cfg.image_size, rng)
 
-    pretrain = []
+    pretrain, scene_ids = [], {}
     for image_id, (scene, path) in enumerate(zip(train_scenes, train_paths)):
+        scene_id = scene_ids.setdefault(scene.key, image_id)
         for _ in range(cfg.captions_per_image):
             record = {"noise": None, "partial": False} | _pretrain_caption(scene, train_scenes, rng, cfg)
-            pretrain.append({"image": path, "image_id": image_id} | record)
+            pretrain.append({"image": path, "image_id": image_id, "scene_id": scene_id} | record)
     files = {
         "pretrain": pretrain,
         "retrieval_train": [{"image": p, "caption": cap.describe(s, rng, cfg.image_size, rng.randrange(4))["caption"],

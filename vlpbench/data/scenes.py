@@ -57,6 +57,13 @@ class Scene:
     background: str
     tint: str
 
+    @property
+    def key(self) -> tuple:
+        """What a caption can say of the scene (background, tint, and each object's shape, colour,
+        size and grid cell): two scenes with one key make every caption of one true of the other."""
+        objects = sorted((o.shape, o.color, o.size, o.row, o.col) for o in self.objects)
+        return self.background, self.tint, tuple(objects)
+
 
 def sample_scene(rng: random.Random, max_objects: int) -> Scene:
     count = rng.randint(1, max_objects)
