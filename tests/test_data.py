@@ -247,6 +247,13 @@ def test_pairs_of_one_scene_share_a_match_id_and_a_bad_scene_id_is_named(tmp_pat
     dataset = PretrainDataset(load_image_captions([str(ann)], tmp_path, "error", True, SkipReport()),
                               ImageTransform(8))
     assert [image_id for _, _, image_id in dataset.pairs] == [0, 0, 0, 1, 1]
+    # image 2 gives scene 7 in one record only, image 1 names scene 8 once: one group, transitively
+    records += [{"image": names[2], "caption": "f", "scene_id": 7}, {"image": names[1], "caption": "g", "scene_id": 8},
+                {"image": names[0], "caption": "h", "scene_id": 9}]
+    ann.write_text(json.dumps(records))
+    dataset = PretrainDataset(load_image_captions([str(ann)], tmp_path, "error", True, SkipReport()),
+                              ImageTransform(8))
+    assert {image_id for _, _, image_id in dataset.pairs} == {0}
     ann.write_text(json.dumps([{"image": names[0], "caption": "x", "scene_id": [1]}]))
     with pytest.raises(DatasetError, match=r"ann.json: record 0: 'scene_id' must be an integer or a string"):
         load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())

@@ -226,8 +226,23 @@ def _scene_id_of(record: dict) -> int | str | None:
     return scene_id
 
 
-def _scene_of(entry: ImageCaptions) -> tuple:
-    return ("scene", entry.scene_id) if entry.scene_id is not None else ("image", entry.image)
+def _match_ids(entries: list[ImageCaptions]) -> list[int]:
+    """One id per entry, shared by the entries that show one image file or one scene_id, taken
+    transitively: an image whose records give a scene_id in some places and none (or another) in
+    others still has one id. Ids number the groups in order of first appearance."""
+    parent: dict[tuple, tuple] = {}
+
+    def root(key: tuple) -> tuple:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    for entry in entries:
+        if entry.scene_id is not None:
+            image, scene = root(("image", entry.image)), root(("scene", entry.scene_id))
+            parent[image] = scene
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault(root(("image", e.image)), len(ids)) for e in entries]
 
 
 class PretrainDataset(Dataset):
@@ -235,9 +250,7 @@ class PretrainDataset(Dataset):
     augmentation is a function of the sampler's seed, which makes resumed runs exact."""
 
     def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
-        # records of one image file (its several captions), or of one scene_id, share an id
-        image_ids: dict[tuple, int] = {}
-        self.pairs = [(e, c, image_ids.setdefault(_scene_of(e), len(image_ids))) for e in entries for c in e.captions]
+        self.pairs = [(e, c, match_id) for e, match_id in zip(entries, _match_ids(entries)) for c in e.captions]
         self.transform = transform
 
     def __len__(self) -> int:
