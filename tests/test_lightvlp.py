@@ -118,3 +118,15 @@ def test_gate_command_reports_auc_and_p_per_noise_kind(tiny_config, tmp_path, ca
     assert 0.0 <= result["auc"]["clean_vs_noisy"] <= 1.0
     assert all(0.0 <= q["q10"] <= q["median"] <= q["q90"] <= 1.0 for q in result["p"].values())
     assert "ROC AUC clean vs noisy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cross_layers", [1, 3])
+def test_match_score_is_the_gate_logit_of_the_full_cross_stacks(tiny_config, cross_layers):
+    # match_score runs the last layer for the image [CLS] only; interact runs every token of both sides
+    method, tok = make(tiny_config, cross_layers=cross_layers)
+    method.eval()
+    b = batch(tok)
+    text = method.encode_text(b.input_ids, b.attention_mask)
+    image = method.encode_image(b.images).states
+    torch.testing.assert_close(method.match_score(text, b.attention_mask, image),
+                               method.interact(image, text, b.attention_mask)[2], rtol=1e-5, atol=1e-6)
