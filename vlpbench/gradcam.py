@@ -27,12 +27,13 @@ def cross_attention_gradcam(method: VLPMethod, images: torch.Tensor, input_ids: 
         image = method.encode_image(images)
         text = method.encode_text(input_ids, attention_mask)
         score = method.match_score(text, attention_mask, image.states).sum()
-        probs = recorded[-1]  # [B, heads, text tokens, 1 + patches]
-        grad, = torch.autograd.grad(score, probs, allow_unused=True)
+        # a layer the score never reads may not even run (LightVLP's last text-side layer)
+        grad = torch.autograd.grad(score, recorded[-1], allow_unused=True)[0] if recorded else None
     if grad is None:
         raise ConfigError(f"{key}: cross-attention layer {layer} of {method.name!r} does not influence its matching "
                           "score (its output reaches no later layer the score reads); choose an earlier layer")
-    cam = (probs.detach() * grad.clamp(min=0))[..., 1:].mean(dim=1)  # [B, tokens, patches]
+    probs = recorded[-1].detach()  # [B, heads, text tokens, 1 + patches]
+    cam = (probs * grad.clamp(min=0))[..., 1:].mean(dim=1)  # [B, tokens, patches]
     real = attention_mask[:, :, None].to(cam.dtype)
     cam = (cam * real).sum(dim=1) / real.sum(dim=1)
     grid = math.isqrt(cam.shape[-1])
