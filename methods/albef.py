@@ -33,27 +33,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vlpbench.config import HardNegativeConfig, divisibility_problem
-from vlpbench.losses import (false_negative_count, itm_pairs, mlm_loss, momentum_contrastive_loss,
-                             sample_itm_negatives)
+from vlpbench.config import DistilledContrastConfig
+from vlpbench.losses import false_negative_count, itm_pairs, mlm_loss, sample_itm_negatives
 from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
-from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
-from vlpbench.streams import init_part
 from vlpbench.zoo.vision import VisionOutput
 
 
-class ALBEFConfig(HardNegativeConfig):
+class ALBEFConfig(DistilledContrastConfig):
     name: Literal["albef"] = "albef"
-    embed_dim: int = Field(256, ge=1)
-    queue_size: int = Field(65536, ge=1)
-    momentum: float = Field(0.995, ge=0.0, le=1.0)
-    temp: float = Field(0.07, gt=0.0)
-    temp_min: float = Field(0.001, gt=0.0)
-    temp_max: float = Field(0.5, gt=0.0)
-    alpha: float = Field(0.4, ge=0.0, le=1.0)
-    alpha_warmup_steps: int | None = Field(None, ge=0)  # None: the first epoch
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     mlm_mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
     mlm_random_fraction: float = Field(0.1, ge=0.0, le=1.0)
@@ -67,15 +56,10 @@ class ALBEFConfig(HardNegativeConfig):
 
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
-        if self.itc:
-            problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
-                                             experiment.train.batch_size)
         if self.distill_itc and not self.itc:
             problems.append("method.distill_itc: needs method.itc: true")
         if self.itm_hard_negatives and not self.itc:
             problems.append("method.itm_hard_negatives: hard negatives come from ITC similarities; needs method.itc: true")
-        if not self.temp_min <= self.temp <= self.temp_max:
-            problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
         if self.mlm_mask_fraction + self.mlm_random_fraction > 1.0:
             problems.append("method.mlm_mask_fraction + method.mlm_random_fraction: must not exceed 1")
         return problems
@@ -89,28 +73,17 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
     def __init__(self, config: ALBEFConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
         self.build_fusion_model(model, tokenizer, config.embed_dim, config.temp)
-        if self.needs_teacher:
-            self.teacher = momentum_teacher(self, self._ema_names)
-        if config.itc:
-            self.image_queue = init_part("image_queue", FeatureQueue, config.queue_size, config.embed_dim)
-            self.text_queue = init_part("text_queue", FeatureQueue, config.queue_size, config.embed_dim)
-
-    _ema_names = ("visual_encoder", "vision_proj", "text", "text_proj")
+        self.build_momentum_contrast(teacher=self.needs_teacher, queues=config.itc)
 
     @property
     def needs_teacher(self) -> bool:
         return self.config.itc or self.config.distill_mlm
 
-    def current_alpha(self, progress: Progress) -> float:
-        cfg = self.config
-        return distillation_weight(cfg.alpha, cfg.alpha_warmup_steps, progress.step, progress.steps_per_epoch)
-
     # ---- pre-training ----
     def forward(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:
         cfg = self.config
-        alpha = self.current_alpha(progress)
-        with torch.no_grad():
-            self.temp.clamp_(cfg.temp_min, cfg.temp_max)
+        alpha = cfg.alpha_at(progress.step, progress.steps_per_epoch)
+        self.clamp_temperature()
         image = self.encode_image(batch.images)
         text_states = self.encode_text(batch.input_ids, batch.attention_mask)
         teacher_image = self.teacher["visual_encoder"](batch.images) if self.needs_teacher else None
@@ -134,13 +107,10 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
     def itc_loss(self, image: VisionOutput, text_states: torch.Tensor, teacher_image: VisionOutput,
                  batch: Batch, alpha: float, matches: torch.Tensor | None = None):
         """Eq. 1, 2 and 6: contrast against the momentum features of the batch and the queues."""
-        image_feat, text_feat = self.image_embedding(image), self.text_embedding(text_states)
         with torch.no_grad():
-            image_feat_m = F.normalize(self.teacher["vision_proj"](teacher_image.cls), dim=-1)
             text_states_m = self.teacher["text"].encode_text(batch.input_ids, batch.attention_mask)
-            text_feat_m = F.normalize(self.teacher["text_proj"](text_states_m[:, 0]), dim=-1)
-        return momentum_contrastive_loss(image_feat, text_feat, image_feat_m, text_feat_m, self.image_queue,
-                                         self.text_queue, self.temp, alpha, self.config.distill_itc, matches)
+        return self.momentum_itc_loss(image, text_states, teacher_image, text_states_m, self.temp, alpha,
+                                      self.config.distill_itc, matches)
 
     def itm_loss(self, image: VisionOutput, text_states: torch.Tensor, attention_mask: torch.Tensor,
                  sim_i2t: torch.Tensor | None, sim_t2i: torch.Tensor | None, hard: float,
@@ -170,4 +140,4 @@ class ALBEF(FusionEncoderMatching, VLPMethod):
 
     def after_optimizer_step(self) -> None:
         if self.needs_teacher:
-            update_teacher(self, self.teacher, self.config.momentum)
+            self.update_momentum_teacher()

@@ -32,12 +32,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlpbench.config import HardNegativeConfig, divisibility_problem
-from vlpbench.losses import (false_negative_count, itm_pairs, masked_patch_mse, momentum_contrastive_loss, patchify,
-                             sample_itm_negatives)
+from vlpbench.config import MomentumContrastConfig, divisibility_problem
+from vlpbench.losses import false_negative_count, itm_pairs, masked_patch_mse, patchify, sample_itm_negatives
 from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
-from vlpbench.method import Batch, ContrastiveEmbeddings, FusedPair, Progress, VLPMethod
-from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
+from vlpbench.method import Batch, FusedPair, MomentumContrast, Progress, VLPMethod
 from vlpbench.registry import register_method
 from vlpbench.streams import init_part
 from vlpbench.zoo import create_text_model, create_vision_encoder
@@ -46,14 +44,11 @@ from vlpbench.zoo.layers import TransformerBlock, mean_head_scores, padding_mask
 from vlpbench.zoo.vision import VisionOutput
 
 
-class LightVLPConfig(HardNegativeConfig):
+class LightVLPConfig(MomentumContrastConfig):
     """Defaults are LightVLP_base (Sec. 4.1); ``experiments/presets/lightvlp_*.yaml`` hold the presets."""
     name: Literal["lightvlp"] = "lightvlp"
     image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # Table 5 sweeps 0.25 / 0.5 / 0.75
     text_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)
-    embed_dim: int = Field(256, ge=1)
-    queue_size: int = Field(65536, ge=1)
-    momentum: float = Field(0.995, ge=0.0, le=1.0)
     temp: float = Field(0.05, gt=0.0)        # kappa, fixed
     cross_layers: int = Field(4, ge=1)       # l_c
     decoder_layers: int = Field(4, ge=1)     # l_d
@@ -71,9 +66,6 @@ class LightVLPConfig(HardNegativeConfig):
 
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
-        if self.itc:
-            problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
-                                             experiment.train.batch_size)
         problems += divisibility_problem("method.decoder_width", self.decoder_width, "method.decoder_heads",
                                          self.decoder_heads)
         if not (self.mir or self.mtr or self.itc or self.itm):
@@ -82,10 +74,9 @@ class LightVLPConfig(HardNegativeConfig):
 
 
 @register_method
-class LightVLP(ContrastiveEmbeddings, VLPMethod):
+class LightVLP(MomentumContrast, VLPMethod):
     name = "lightvlp"
     config_class = LightVLPConfig
-    _ema_names = ("visual_encoder", "vision_proj", "text", "text_proj")
 
     def __init__(self, config: LightVLPConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
@@ -109,9 +100,7 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
         self.text_decoder = init_part("text_decoder", MaskedDecoder, text_width, *decoder, preset.max_positions,
                                       tokenizer.vocab_size)
         if config.itc:
-            self.teacher = momentum_teacher(self, self._ema_names)
-            self.image_queue = init_part("image_queue", FeatureQueue, config.queue_size, config.embed_dim)
-            self.text_queue = init_part("text_queue", FeatureQueue, config.queue_size, config.embed_dim)
+            self.build_momentum_contrast()
 
     def _cross_blocks(self, width: int, other_width: int, layers: int) -> nn.ModuleList:
         p = self.text.preset
@@ -229,14 +218,9 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
                  tokens: TokenMask, matches: torch.Tensor | None = None):
         """Eq. 3 and 9 over the uni-modal [CLS] states of the kept tokens."""
         with torch.no_grad():
-            teacher = self.teacher
-            image_m = teacher["visual_encoder"](batch.images, patches.keep_idx)
-            image_feat_m = F.normalize(teacher["vision_proj"](image_m.cls), dim=-1)
-            text_m = self.encode_kept_text(teacher["text"], batch.input_ids, tokens)
-            text_feat_m = F.normalize(teacher["text_proj"](text_m[:, 0]), dim=-1)
-        return momentum_contrastive_loss(self.image_embedding(image), self.text_embedding(text_states), image_feat_m,
-                                         text_feat_m, self.image_queue, self.text_queue, self.config.temp,
-                                         matches=matches)
+            image_m = self.teacher["visual_encoder"](batch.images, patches.keep_idx)
+            text_m = self.encode_kept_text(self.teacher["text"], batch.input_ids, tokens)
+        return self.momentum_itc_loss(image, text_states, image_m, text_m, self.config.temp, matches=matches)
 
     def interact_with_negatives(self, image_states, text_states, text_mask, sim_i2t, sim_t2i, hard: float,
                                 losses: dict, matches=None):
@@ -254,4 +238,4 @@ class LightVLP(ContrastiveEmbeddings, VLPMethod):
 
     def after_optimizer_step(self) -> None:
         if self.config.itc:
-            update_teacher(self, self.teacher, self.config.momentum)
+            self.update_momentum_teacher()

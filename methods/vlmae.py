@@ -33,19 +33,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vlpbench.config import HardNegativeConfig, divisibility_problem
-from vlpbench.losses import (false_negative_count, itm_pairs, masked_patch_mse, mlm_loss, momentum_contrastive_loss, patchify,
-                             sample_itm_negatives)
+from vlpbench.config import DistilledContrastConfig, divisibility_problem
+from vlpbench.losses import false_negative_count, itm_pairs, masked_patch_mse, mlm_loss, patchify, sample_itm_negatives
 from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, random_patch_masking
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
-from vlpbench.momentum import FeatureQueue, distillation_weight, momentum_teacher, update_teacher
 from vlpbench.registry import register_method
 from vlpbench.streams import init_part
 from vlpbench.zoo.decoder import MaskedDecoder
 from vlpbench.zoo.vision import VisionOutput
 
 
-class VLMAEConfig(HardNegativeConfig):
+class VLMAEConfig(DistilledContrastConfig):
     """Defaults are the paper's (Sec. 4.2, Table 9)."""
     name: Literal["vlmae"] = "vlmae"
     image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)
@@ -55,14 +53,6 @@ class VLMAEConfig(HardNegativeConfig):
     decoder_layers: int = Field(4, ge=1)
     decoder_width: int = Field(512, ge=8)
     decoder_heads: int = Field(8, ge=1)
-    embed_dim: int = Field(256, ge=1)
-    queue_size: int = Field(65536, ge=1)
-    momentum: float = Field(0.995, ge=0.0, le=1.0)
-    temp: float = Field(0.07, gt=0.0)
-    temp_min: float = Field(0.001, gt=0.0)
-    temp_max: float = Field(0.5, gt=0.0)
-    alpha: float = Field(0.4, ge=0.0, le=1.0)
-    alpha_warmup_steps: int | None = Field(None, ge=0)  # None: the first epoch, as ALBEF
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     distill_mlm: bool = False
 
@@ -71,20 +61,14 @@ class VLMAEConfig(HardNegativeConfig):
 
     def check(self, experiment) -> list[str]:
         problems = super().check(experiment)
-        problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
-                                         experiment.train.batch_size)
-        problems += divisibility_problem("method.decoder_width", self.decoder_width, "method.decoder_heads",
-                                         self.decoder_heads)
-        if not self.temp_min <= self.temp <= self.temp_max:
-            problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
-        return problems
+        return problems + divisibility_problem("method.decoder_width", self.decoder_width, "method.decoder_heads",
+                                               self.decoder_heads)
 
 
 @register_method
 class VLMAE(FusionEncoderMatching, VLPMethod):
     name = "vlmae"
     config_class = VLMAEConfig
-    _ema_names = ("visual_encoder", "vision_proj", "text", "text_proj")
 
     def __init__(self, config: VLMAEConfig, model, tokenizer):
         super().__init__(config, model, tokenizer)
@@ -95,19 +79,12 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
                                            config.decoder_width, config.decoder_layers, config.decoder_heads,
                                            self.visual_encoder.num_patches, self.patch_size ** 2 * 3,
                                            prefix_tokens=1, context_width=self.text.width)
-        self.teacher = momentum_teacher(self, self._ema_names)
-        self.image_queue = init_part("image_queue", FeatureQueue, config.queue_size, config.embed_dim)
-        self.text_queue = init_part("text_queue", FeatureQueue, config.queue_size, config.embed_dim)
-
-    def current_alpha(self, progress: Progress) -> float:
-        cfg = self.config
-        return distillation_weight(cfg.alpha, cfg.alpha_warmup_steps, progress.step, progress.steps_per_epoch)
+        self.build_momentum_contrast()
 
     # ---- pre-training ----
     def forward(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:
         cfg = self.config
-        with torch.no_grad():
-            self.temp.clamp_(cfg.temp_min, cfg.temp_max)
+        self.clamp_temperature()
         patches = random_patch_masking(len(batch), self.visual_encoder.num_patches, cfg.image_mask_ratio,
                                        batch.images.device)
         image = self.visual_encoder(batch.images, patches.keep_idx)  # Sec. 3.3: visible patches only
@@ -115,14 +92,13 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
         with torch.no_grad():
             full_image_m = self.teacher["visual_encoder"](batch.images)
 
-        losses, matches = {}, self.batch_matches(batch)
-        losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, full_image_m, batch,
-                                                             self.current_alpha(progress), matches)
+        losses, matches, alpha = {}, self.batch_matches(batch), cfg.alpha_at(progress.step, progress.steps_per_epoch)
+        losses["loss_itc"], sim_i2t, sim_t2i = self.itc_loss(image, text_states, full_image_m, batch, alpha, matches)
         negatives = sample_itm_negatives(sim_i2t, sim_t2i, len(batch), cfg.hard_negative_share(progress.step),
                                          text_states.device, matches)
         texts, masks, images, labels = itm_pairs(text_states, batch.attention_mask, image.states, *negatives)
         losses["loss_itm"] = F.cross_entropy(self.match_logits(texts, masks, images), labels)
-        losses["loss_mlm"] = self.mlm_loss(image, full_image_m, batch, self.current_alpha(progress))
+        losses["loss_mlm"] = self.mlm_loss(image, full_image_m, batch, alpha)
         if cfg.mim != "none":
             losses["loss_rmim" if cfg.mim == "region" else "loss_mim"] = self.rmim_loss(image, text_states, batch, patches)
         if cfg.ifr:
@@ -137,12 +113,8 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
                  alpha: float, matches: torch.Tensor | None = None):
         """Eq. 3-4: the visible-patch image against momentum features of the full image and the text."""
         with torch.no_grad():
-            image_feat_m = F.normalize(self.teacher["vision_proj"](full_image_m.cls), dim=-1)
             text_m = self.teacher["text"].encode_text(batch.input_ids, batch.attention_mask)
-            text_feat_m = F.normalize(self.teacher["text_proj"](text_m[:, 0]), dim=-1)
-        return momentum_contrastive_loss(self.image_embedding(image), self.text_embedding(text_states), image_feat_m,
-                                         text_feat_m, self.image_queue, self.text_queue, self.temp, alpha, True,
-                                         matches)
+        return self.momentum_itc_loss(image, text_states, full_image_m, text_m, self.temp, alpha, True, matches)
 
     def mlm_loss(self, image: VisionOutput, full_image_m: VisionOutput, batch: Batch, alpha: float) -> torch.Tensor:
         """Eq. 6: masked tokens from the masked text and the visible patches (with ``distill_mlm``,
@@ -170,4 +142,4 @@ class VLMAE(FusionEncoderMatching, VLPMethod):
         return masked_patch_mse(pred, patchify(batch.images, self.patch_size), weight, self.config.norm_pix)
 
     def after_optimizer_step(self) -> None:
-        update_teacher(self, self.teacher, self.config.momentum)
+        self.update_momentum_teacher()

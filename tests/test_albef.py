@@ -42,12 +42,12 @@ def test_table1_row1_has_no_itc_and_no_teacher(tiny_config):
 
 
 def test_alpha_ramps_over_the_first_epoch(tiny_config):
-    _, method, _ = make(tiny_config)
-    assert method.current_alpha(Progress(0, 10, 20)) == 0.0
-    assert abs(method.current_alpha(Progress(5, 10, 20)) - 0.2) < 1e-12
-    assert method.current_alpha(Progress(15, 10, 20)) == 0.4
+    _, method, _ = make(tiny_config)  # alpha 0.4; arguments: step, steps per epoch
+    assert method.config.alpha_at(0, 10) == 0.0
+    assert abs(method.config.alpha_at(5, 10) - 0.2) < 1e-12
+    assert method.config.alpha_at(15, 10) == 0.4
     _, method, _ = make(tiny_config, alpha_warmup_steps=2)
-    assert method.current_alpha(Progress(1, 10, 20)) == pytest.approx(0.2)
+    assert method.config.alpha_at(1, 10) == pytest.approx(0.2)
 
 
 def test_momentum_distillation_with_alpha_zero_equals_plain_losses(tiny_config):

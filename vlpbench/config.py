@@ -190,6 +190,42 @@ class HardNegativeConfig(MethodConfig):
         return 1.0 if warmup == 0 else min(1.0, step / warmup)
 
 
+class MomentumContrastConfig(HardNegativeConfig):
+    """Keys of ITC against a momentum teacher's features and queues of them (ALBEF Sec. 3.2,
+    LightVLP Sec. 3.2, VLMAE Sec. 3.4; after MoCo): paper-scale defaults."""
+    embed_dim: int = Field(256, ge=1)
+    queue_size: int = Field(65536, ge=1)
+    momentum: float = Field(0.995, ge=0.0, le=1.0)
+    temp: float = Field(0.07, gt=0.0)
+
+    def check(self, experiment: "ExperimentConfig") -> list[str]:
+        problems = super().check(experiment)
+        if self.has_contrastive_embedding():  # a whole batch of features enters the queue at a time
+            problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
+                                             experiment.train.batch_size)
+        return problems
+
+
+class DistilledContrastConfig(MomentumContrastConfig):
+    """... with ALBEF's learnable temperature (clamped to [temp_min, temp_max]) and momentum
+    distillation (MoD, Sec. 3.4), whose weight ``alpha`` ramps in over ``alpha_warmup_steps``."""
+    temp_min: float = Field(0.001, gt=0.0)
+    temp_max: float = Field(0.5, gt=0.0)
+    alpha: float = Field(0.4, ge=0.0, le=1.0)
+    alpha_warmup_steps: int | None = Field(None, ge=0)  # None: the first epoch
+
+    def alpha_at(self, step: int, steps_per_epoch: int) -> float:
+        """``alpha * min(1, step / alpha_warmup_steps)``, the ramp over the first epoch by default."""
+        ramp = steps_per_epoch if self.alpha_warmup_steps is None else self.alpha_warmup_steps
+        return self.alpha * (min(1.0, step / ramp) if ramp > 0 else 1.0)
+
+    def check(self, experiment: "ExperimentConfig") -> list[str]:
+        problems = super().check(experiment)
+        if not self.temp_min <= self.temp <= self.temp_max:
+            problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
+        return problems
+
+
 class TrainConfig(StrictModel):
     steps: int = Field(..., ge=1)
     batch_size: int = Field(..., ge=2)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlpbench.config import MethodConfig, ModelConfig
-from vlpbench.losses import matching_pairs
+from vlpbench.losses import matching_pairs, momentum_contrastive_loss
+from vlpbench.momentum import FeatureQueue, momentum_teacher, update_teacher
 from vlpbench.streams import init_part
 from vlpbench.zoo.layers import MultiHeadAttention
 from vlpbench.zoo.text import BertTextModel, create_text_model
@@ -174,7 +175,45 @@ class ContrastiveEmbeddings:
         return F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
 
 
-class FusionEncoderMatching(ContrastiveEmbeddings):
+class MomentumContrast(ContrastiveEmbeddings):
+    """ITC against a momentum teacher and queues of its features (ALBEF Eq. 1-2 and 6, LightVLP
+    Eq. 3 and 9, VLMAE Eq. 3-4), for a method whose config is a ``MomentumContrastConfig``. The
+    teacher copies the uni-modal encoders and the ITC projections; the method runs the teacher's
+    encoders on what its paper says they see, and ``momentum_itc_loss`` does the rest."""
+
+    _ema_names = ("visual_encoder", "vision_proj", "text", "text_proj")
+
+    def build_momentum_contrast(self, teacher: bool = True, queues: bool = True) -> None:
+        """The teacher (after the parts it copies exist) and the two queues of ``queue_size`` features."""
+        cfg = self.config
+        if teacher:
+            self.teacher = momentum_teacher(self, self._ema_names)
+        if queues:
+            self.image_queue = init_part("image_queue", FeatureQueue, cfg.queue_size, cfg.embed_dim)
+            self.text_queue = init_part("text_queue", FeatureQueue, cfg.queue_size, cfg.embed_dim)
+
+    def clamp_temperature(self) -> None:
+        """ALBEF's learnable temperature, kept in [temp_min, temp_max] before every forward."""
+        with torch.no_grad():
+            self.temp.clamp_(self.config.temp_min, self.config.temp_max)
+
+    def momentum_itc_loss(self, image: VisionOutput, text_states: torch.Tensor, teacher_image: VisionOutput,
+                          teacher_text_states: torch.Tensor, temp: torch.Tensor | float, alpha: float = 0.0,
+                          distill: bool = False, matches: torch.Tensor | None = None):
+        """The student's embeddings against the teacher's (of its [CLS] states) and the queues, which
+        the teacher's features then enter. Returns the loss and the student's similarities."""
+        with torch.no_grad():
+            image_feat_m = F.normalize(self.teacher["vision_proj"](teacher_image.cls), dim=-1)
+            text_feat_m = F.normalize(self.teacher["text_proj"](teacher_text_states[:, 0]), dim=-1)
+        return momentum_contrastive_loss(self.image_embedding(image), self.text_embedding(text_states), image_feat_m,
+                                         text_feat_m, self.image_queue, self.text_queue, temp, alpha, distill, matches)
+
+    def update_momentum_teacher(self) -> None:
+        """One EMA step of the teacher (after each optimizer step)."""
+        update_teacher(self, self.teacher, self.config.momentum)
+
+
+class FusionEncoderMatching(MomentumContrast):
     """... and ALBEF's text + fusion BERT (``text``) with an ITM head on the fused [CLS] (``itm_head``)."""
 
     def build_fusion_model(self, model: ModelConfig, tokenizer: TextTokenizer, embed_dim: int, temp: float) -> None:

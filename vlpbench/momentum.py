@@ -71,10 +71,3 @@ class FeatureQueue(nn.Module):
         rows = (self.ptr + torch.arange(feats.shape[0], device=feats.device)) % self.size
         self.features[rows] = feats.to(self.features.dtype)
         self.ptr.copy_((self.ptr + feats.shape[0]) % self.size)
-
-
-def distillation_weight(alpha: float, warmup_steps: int | None, step: int, steps_per_epoch: int) -> float:
-    """ALBEF's ramp of the distillation weight: ``alpha * min(1, step / warmup_steps)``, over the
-    first epoch when ``warmup_steps`` is None."""
-    ramp = steps_per_epoch if warmup_steps is None else warmup_steps
-    return alpha * (min(1.0, step / ramp) if ramp > 0 else 1.0)
