@@ -43,6 +43,7 @@ from vlpbench.zoo.vision import VisionOutput
 
 class ALBEFConfig(DistilledContrastConfig):
     name: Literal["albef"] = "albef"
+    tiny = {"embed_dim": 32, "queue_size": 16}
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     mlm_mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
     mlm_random_fraction: float = Field(0.1, ge=0.0, le=1.0)

@@ -42,6 +42,7 @@ from vlpbench.zoo.vision import VisionOutput
 
 class EPICConfig(MethodConfig):
     name: Literal["epic"] = "epic"
+    tiny = {"base": {"name": "albef", "embed_dim": 32, "queue_size": 16}, "masking": "random", "replacement": "random"}
     base: Any = Field(..., description="the base method: its name, or a mapping with name and its keys")
     mask_ratio: float = Field(0.35, gt=0.0, le=1.0)
     consistency_weight: float = Field(8.0, ge=0.0)  # lambda

@@ -47,6 +47,8 @@ from vlpbench.zoo.vision import VisionOutput
 class LightVLPConfig(MomentumContrastConfig):
     """Defaults are LightVLP_base (Sec. 4.1); ``experiments/presets/lightvlp_*.yaml`` hold the presets."""
     name: Literal["lightvlp"] = "lightvlp"
+    tiny = {"embed_dim": 32, "queue_size": 16, "cross_layers": 2, "decoder_layers": 1, "decoder_width": 32,
+            "decoder_heads": 2}
     image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # Table 5 sweeps 0.25 / 0.5 / 0.75
     text_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)
     temp: float = Field(0.05, gt=0.0)        # kappa, fixed

@@ -56,6 +56,7 @@ from vlpbench.zoo.vision import VisionOutput
 class ViLTAConfig(MethodConfig):
     """Defaults are ViLTA_base's objectives (Sec. 3-4.1)."""
     name: Literal["vilta"] = "vilta"
+    tiny = {"fusion_layers": 2, "cross_distill": False, "negatives": "in_batch"}
     fusion_layers: int = Field(6, ge=1)
     mlm_probability: float = Field(0.5, gt=0.0, lt=1.0)
     mlm_mask_fraction: float = Field(1.0, ge=0.0, le=1.0)

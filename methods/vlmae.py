@@ -46,6 +46,7 @@ from vlpbench.zoo.vision import VisionOutput
 class VLMAEConfig(DistilledContrastConfig):
     """Defaults are the paper's (Sec. 4.2, Table 9)."""
     name: Literal["vlmae"] = "vlmae"
+    tiny = {"embed_dim": 32, "queue_size": 16, "decoder_layers": 1, "decoder_width": 32, "decoder_heads": 2}
     image_mask_ratio: float = Field(0.5, ge=0.0, lt=1.0)
     mim: Literal["none", "image", "region"] = "region"
     ifr: bool = True

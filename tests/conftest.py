@@ -3,6 +3,8 @@ import copy
 import pytest
 import torch
 
+from vlpbench.registry import available_methods, get_method
+
 TINY = {
     "name": "tiny",
     "seed": 0,
@@ -13,6 +15,15 @@ TINY = {
     "train": {"steps": 4, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 1, "log_every": 1},
     "eval": {"retrieval": {"k_test": 4, "batch_size": 8}},
 }
+
+
+# every registered method: a test parametrized over it covers a new method without listing it
+REGISTERED_METHODS = available_methods()
+
+
+def tiny_method(name: str) -> dict:
+    """The ``method:`` block of registered method ``name`` at its tiny configuration."""
+    return {"name": name, **copy.deepcopy(get_method(name).config_class.tiny)}
 
 
 def tiny_config_in(root):

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import REGISTERED_METHODS, tiny_method
 
 from vlpbench.config import ConfigError, config_from_dict
 from vlpbench.data.datasets import DatasetError
@@ -16,33 +17,26 @@ from vlpbench.gradcam import box_iou, box_scores, cross_attention_gradcam
 from vlpbench.io import write_json
 from vlpbench.losses import multi_positive_contrastive_loss, negative_sampling_weights
 from vlpbench.pipeline import build_method
+from vlpbench.registry import get_method
 from vlpbench.zoo.answer_decoder import rank_candidates
 from vlpbench.zoo.layers import MultiHeadAttention, record_attention
 from vlpbench.zoo.tokenizer import train_wordpiece
 from vlpbench.zoo.vision import create_vision_encoder
 
 ALL_TASKS = ["retrieval", "vqa", "nlvr2", "snli_ve", "grounding"]
-METHODS = {
-    "albef": {"name": "albef", "embed_dim": 32, "queue_size": 16},
-    "vlmae": {"name": "vlmae", "embed_dim": 32, "queue_size": 16, "decoder_layers": 1, "decoder_width": 32,
-              "decoder_heads": 2},
-    "lightvlp": {"name": "lightvlp", "embed_dim": 32, "queue_size": 16, "cross_layers": 2, "decoder_layers": 1,
-                 "decoder_width": 32, "decoder_heads": 2},
-    "vilta": {"name": "vilta", "fusion_layers": 2, "cross_distill": False, "negatives": "in_batch"},
-    "epic": {"name": "epic", "base": {"name": "albef", "embed_dim": 32, "queue_size": 16}, "masking": "random",
-             "replacement": "random"},
-}
+METHODS = {name: tiny_method(name) for name in REGISTERED_METHODS}
 
 
 def downstream_config(tiny_config, method: str, tasks=ALL_TASKS, **task_overrides) -> dict:
     cfg = {**tiny_config, "method": METHODS[method]}
-    if method == "vilta":
+    method_config = get_method(method).config_class(**METHODS[method])
+    if not method_config.has_contrastive_embedding():
         cfg["eval"] = {"retrieval": {"k_test": "all", "batch_size": 8}}
     task = {"train": {"steps": 2, "batch_size": 4, "lr": 1e-4, "log_every": 1}, "data": {"max_test_records": 6},
             "eval_batch_size": 4}
     cfg["downstream"] = {"tasks": tasks, **{t: dict(task) for t in ALL_TASKS}}
     cfg["downstream"]["grounding"]["gradcam_layer"] = 0
-    if method in ("lightvlp", "vilta"):
+    if not method_config.single_stream_fusion():  # NLVR2's replicated design needs ALBEF's single stream
         cfg["downstream"]["nlvr2"]["design"] = "pair"
     for key, value in task_overrides.items():
         cfg["downstream"][key] = {**cfg["downstream"][key], **value}

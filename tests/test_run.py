@@ -245,20 +245,6 @@ def test_learning_curve_is_logged_at_the_configured_steps_and_survives_resume(ti
     assert curve(interrupted) == curve(full)
 
 
-@pytest.mark.parametrize("method", [
-    {"name": "lightvlp", "embed_dim": 32, "queue_size": 16, "cross_layers": 1, "decoder_layers": 1, "decoder_width": 32,
-     "decoder_heads": 4},
-    {"name": "vlmae", "embed_dim": 32, "queue_size": 16, "decoder_layers": 1, "decoder_width": 32, "decoder_heads": 4},
-], ids=lambda m: m["name"])
-def test_masked_autoencoder_methods_train_and_evaluate_through_the_shared_pipeline(tiny_config, method):
-    tiny_config["method"] = method
-    cfg = config_from_dict(tiny_config)
-    results = run_experiment(cfg, RunDir.create(cfg), **QUIET)
-    assert results["complete"] and results["train"]["steps"] == 4
-    assert results["retrieval"]["num_images"] == 6 and 0.0 <= results["retrieval"]["itm"]["r_mean"] <= 100.0
-    assert set(results["retrieval"]) >= {"itc", "itm"}
-
-
 def test_tensorboard_event_files_mirror_the_metrics_and_nothing_changes_without_it(tiny_config, monkeypatch):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

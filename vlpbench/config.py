@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -129,6 +129,9 @@ def divisibility_problem(key: str, value: int, by_key: str, by: int) -> list[str
 
 class MethodConfig(StrictModel):
     """Base of every method's config; a method adds its own keys in its own file."""
+    # the method's keys for a seconds-long run on the tests' tiny model (tests/conftest.py): the
+    # registry-wide tests build, train and evaluate every registered method from it (timm's pattern)
+    tiny: ClassVar[dict[str, Any]] = {}
     name: str
     # in-batch pairs that match each other (the same image, an identical caption): "exclude" never
     # samples them as ITM negatives and makes them ITC positives; "keep" treats them as negatives,

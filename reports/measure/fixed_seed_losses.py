@@ -14,28 +14,20 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from conftest import tiny_config_in  # noqa: E402  (the tests' tiny configuration, so both check one thing)
+from conftest import REGISTERED_METHODS, tiny_config_in, tiny_method  # noqa: E402  (the tests' tiny configuration)
 
 from vlpbench.config import config_from_dict  # noqa: E402
 from vlpbench.experiment import run_experiment  # noqa: E402
 from vlpbench.rundir import RunDir  # noqa: E402
 
-ALBEF = {"name": "albef", "embed_dim": 32, "queue_size": 16}
-LIGHTVLP = {"name": "lightvlp", "embed_dim": 32, "queue_size": 16, "cross_layers": 2, "decoder_layers": 1,
-            "decoder_width": 32, "decoder_heads": 2}
-VLMAE = {"name": "vlmae", "embed_dim": 32, "queue_size": 16, "decoder_layers": 1, "decoder_width": 32,
-         "decoder_heads": 2}
-CONFIGURATIONS = {
-    "albef": ALBEF,
-    "albef_row1": {**ALBEF, "itc": False, "itm_hard_negatives": False, "distill_itc": False, "distill_mlm": False},
-    "albef_row3": {**ALBEF, "distill_itc": False, "distill_mlm": False},
-    "vlmae": VLMAE,
-    "vlmae_distill_mlm": {**VLMAE, "distill_mlm": True, "alpha_warmup_steps": 2},
-    "lightvlp": LIGHTVLP,
-    "lightvlp_no_itc": {**LIGHTVLP, "itc": False},
-    "vilta": {"name": "vilta", "fusion_layers": 2, "cross_distill": False, "negatives": "in_batch"},
-    "epic_albef": {"name": "epic", "base": ALBEF, "masking": "random", "replacement": "random"},
-    "epic_lightvlp": {"name": "epic", "base": LIGHTVLP, "masking": "random", "replacement": "random"},
+# every registered method at its tiny keys, and the ablation variants that take other code paths
+CONFIGURATIONS = {name: tiny_method(name) for name in REGISTERED_METHODS} | {
+    "albef_row1": {**tiny_method("albef"), "itc": False, "itm_hard_negatives": False, "distill_itc": False,
+                   "distill_mlm": False},
+    "albef_row3": {**tiny_method("albef"), "distill_itc": False, "distill_mlm": False},
+    "vlmae_distill_mlm": {**tiny_method("vlmae"), "distill_mlm": True, "alpha_warmup_steps": 2},
+    "lightvlp_no_itc": {**tiny_method("lightvlp"), "itc": False},
+    "epic_lightvlp": {**tiny_method("epic"), "base": tiny_method("lightvlp")},
 }
 
 
