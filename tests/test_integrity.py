@@ -113,6 +113,8 @@ def test_summary_refuses_runs_of_different_configurations(tiny_config, capsys):
     assert main(["summary", *(str(r.path) for r in a), "--versus", *(str(r.path) for r in b)]) == 0
     out = capsys.readouterr().out
     assert "2 seeds [0, 1]" in out and "r_mean" in out
+    # both sides are one experiment: the comparison names what separates them, versus -> runs
+    assert "configuration, subtrahend -> minuend: method.queue_size: 32 -> 16" in out
 
 
 # ---- 5: a report is not replaced by one with fewer finished runs ----

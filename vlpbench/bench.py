@@ -29,6 +29,7 @@ import torch
 from vlpbench import pipeline
 from vlpbench.config import ExperimentConfig, load_config
 from vlpbench.data.datasets import SkipReport
+from vlpbench.errors import UserError
 from vlpbench.flops import Convention, count_step
 from vlpbench.method import Progress
 from vlpbench.runtime import release_free_memory
@@ -117,7 +118,7 @@ def benchmark(cfg: ExperimentConfig, steps: int, warmup: int) -> dict:
     return timer.row()
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(UserError, RuntimeError):
     """A worker could not build or run its experiment (the message is the worker's last error line)."""
 
 

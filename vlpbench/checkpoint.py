@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vlpbench.errors import UserError
 from vlpbench.io import save_torch
 
 FORMAT = "vlpbench-checkpoint/2"
@@ -22,7 +23,7 @@ REQUIRED_KEYS = ("step", "model", "config", "tokenizer")
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used, phrased for the user."""
 
 

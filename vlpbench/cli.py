@@ -12,22 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from vlpbench import distributed, launch
-from vlpbench.bench import BenchmarkError, compare, format_table
-from vlpbench.budget import apply_flop_budget
-from vlpbench.checkpoint import CheckpointError
+# only what parsing and the error report need: each command imports its own machinery (torch
+# included), so that `vlpbench --help` and argument errors answer at once
 from vlpbench.config import (DOWNSTREAM_TASKS, ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, config_from_dict,
                              load_config, read_yaml_with_base, validate_arguments)
-from vlpbench.data.datasets import DatasetError
-from vlpbench.data.embedded import ensure_embedded_dataset
-from vlpbench.experiment import EvaluationError, evaluate_checkpoint, gate_analysis, run_experiment
-from vlpbench.io import CorruptFileError, DiskFullError, write_json
-from vlpbench.pipeline import resolve_device, runtime_device
-from vlpbench.registry import available_methods, get_method
-from vlpbench.rundir import RunBusyError, RunDir
+from vlpbench.errors import UserError
 from vlpbench.sweep import MAX_SWEEP_RUNS, format_plan, load_sweep
-from vlpbench.summary import format_comparison, format_summary, read_results, summarize
-from vlpbench.train import clear_stop, stop_requested
 from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
 
 DOWNSTREAM_OVERRIDABLE = ("downstream.", "data.on_bad_record=", "data.verify_images=")
@@ -56,6 +46,13 @@ def retrieval_rows(results: dict) -> dict[str, dict]:
 
 
 def cmd_run(args) -> int:
+    from vlpbench import distributed
+    from vlpbench.budget import apply_flop_budget
+    from vlpbench.experiment import run_experiment
+    from vlpbench.pipeline import runtime_device
+    from vlpbench.rundir import RunDir
+    from vlpbench.train import clear_stop, stop_requested
+    clear_stop()  # a stop requested in an earlier command of this process does not carry over
     sweep_flags = [flag for flag, on in (("--seeds", args.seeds), ("--dry-run", args.dry_run),
                                          ("--rerun", args.rerun), ("--executor", args.executor),
                                          ("--jobs", args.jobs)) if on]
@@ -102,6 +99,8 @@ def cmd_run(args) -> int:
 
 def run_sweep(args, sweep) -> int:
     """Start the sweep's runs that are not done (or, with ``--rerun failed``, its failed ones)."""
+    from vlpbench import launch
+    from vlpbench.pipeline import runtime_device
     runtime_device(sweep.runs[0].config.train)
     todo, states = launch.plan(sweep, rerun_failed=args.rerun == "failed")
     print(format_plan(sweep, states))
@@ -128,6 +127,9 @@ def run_sweep(args, sweep) -> int:
 
 def report_sweep(sweep) -> int:
     """Each run's state; per configuration whose seeds all finished, the across-seed summary."""
+    from vlpbench import launch
+    from vlpbench.io import write_json
+    from vlpbench.summary import format_summary, read_results, summarize
     rows = launch.sweep_status(sweep.directory, [r.run_id for r in sweep.runs])
     print("\n" + launch.format_status(rows))
     summaries = {}
@@ -142,6 +144,7 @@ def report_sweep(sweep) -> int:
 
 
 def cmd_status(args) -> int:
+    from vlpbench import launch
     target = Path(args.sweep)
     if target.is_file():
         sweep = load_sweep(target)
@@ -198,6 +201,7 @@ def format_verdicts(diagnostics: dict) -> str:
 
 def resumable_run(args):
     """The run ``--resume`` names: a run directory, or ``latest`` (the experiment's newest run with a checkpoint)."""
+    from vlpbench.rundir import RunDir
     if args.resume != "latest":
         if not (Path(args.resume) / "config.yaml").is_file():
             raise ConfigError(f"--resume {args.resume}: not a run directory (expected config.yaml in it)")
@@ -221,6 +225,8 @@ def check_stop_at(stop_at: int | None, steps: int, run) -> None:
 
 
 def cmd_eval(args) -> int:
+    from vlpbench.experiment import evaluate_checkpoint
+    from vlpbench.io import write_json
     eval_cfg = validate_arguments(RetrievalEvalConfig,
                                   {"k_test": args.k_test, "batch_size": args.batch_size, "max_images": args.max_images},
                                   {"k_test": "--k-test", "batch_size": "--batch-size", "max_images": "--max-images"})
@@ -238,7 +244,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_downstream(args) -> int:
-    from vlpbench.downstream.runner import run_tasks, results_table
+    from vlpbench.downstream.runner import results_table, run_tasks
+    from vlpbench.pipeline import resolve_device
+    from vlpbench.rundir import RunDir
+    from vlpbench.train import clear_stop
+    clear_stop()
     run = RunDir(args.run)
     if not (run.path / "config.yaml").is_file():
         raise ConfigError(f"{args.run}: not a run directory (expected config.yaml in it)")
@@ -273,6 +283,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_gate(args) -> int:
+    from vlpbench.experiment import gate_analysis
+    from vlpbench.io import write_json
     if args.max_pairs < 1:
         raise ConfigError(f"--max-pairs {args.max_pairs}: expected a positive number of pairs")
     result = gate_analysis(args.target, args.ann, args.image_root, args.max_pairs, args.batch_size, args.device)
@@ -288,7 +300,9 @@ def cmd_gate(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from vlpbench.bench import compare, format_table
     from vlpbench.flops import experiment_path
+    from vlpbench.io import write_json
     scale = {"mini": "experiments/{}_mini.yaml", "base": "experiments/presets/{}_base.yaml"}[args.scale]
     experiments = [experiment_path(e) for e in args.experiments] + [scale.format(m) for m in args.compare]
     if not experiments:
@@ -304,6 +318,7 @@ def cmd_bench(args) -> int:
 
 def cmd_flops(args) -> int:
     from vlpbench import flops
+    from vlpbench.io import write_json
     try:
         convention = flops.Convention.parse(args.convention)
     except ValueError as exc:
@@ -332,11 +347,13 @@ def cmd_flops(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    from vlpbench.summary import configuration_changes, format_comparison, format_summary, read_results, summarize
     summary = summarize(read_results(args.runs))
     print(format_summary(summary))
     if args.versus:
         other = summarize(read_results(args.versus))
-        print("\n" + format_summary(other) + "\n\n" + format_comparison(other, summary))
+        changes = configuration_changes(args.versus[0], args.runs[0])
+        print("\n" + format_summary(other) + "\n\n" + format_comparison(other, summary, changes))
     return 0
 
 
@@ -364,12 +381,14 @@ def seed_list(text: str) -> list[int]:
 
 
 def cmd_data(args) -> int:
+    from vlpbench.data.embedded import ensure_embedded_dataset
     cfg = load_config(args.experiment, args.override).data.embedded if args.experiment else EmbeddedDataConfig()
     print(ensure_embedded_dataset(cfg))
     return 0
 
 
 def cmd_list(args) -> int:
+    from vlpbench.registry import available_methods, get_method
     for name in available_methods():
         fields = get_method(name).config_class.model_fields
         keys = ", ".join(f"{k}={f.default}" for k, f in fields.items() if k != "name")
@@ -549,16 +568,14 @@ def joined_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(joined_negative_values(sys.argv[1:] if argv is None else argv))
-    clear_stop()
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, BenchmarkError, CorruptFileError,
-            RunBusyError, DiskFullError) as exc:
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except EvaluationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # the output went to `head` or a closed pager: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

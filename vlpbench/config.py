@@ -13,11 +13,11 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from vlpbench.zoo.text import TEXT_PRESETS
-from vlpbench.zoo.vision import VISION_PRESETS
+from vlpbench.errors import UserError
+from vlpbench.zoo.presets import TEXT_PRESETS, VISION_PRESETS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem, already phrased for the user."""
 
 

@@ -11,6 +11,7 @@ from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, Re
 from vlpbench.data.datasets import SkipReport
 from vlpbench.diagnostics import run_verdicts
 from vlpbench.analysis import matching_separation
+from vlpbench.errors import UserError
 from vlpbench.evaluate import LearningCurve, evaluate_retrieval
 from vlpbench.io import CorruptFileError, read_json, write_json
 from vlpbench.rundir import RunDir
@@ -18,8 +19,9 @@ from vlpbench.train import Trainer
 from vlpbench.zoo.tokenizer import TextTokenizer
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(UserError, RuntimeError):
     """Evaluation failed after training finished; the training result is saved regardless."""
+    exit_code = 1
 
 
 def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, stop_at: int | None = None,

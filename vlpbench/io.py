@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from vlpbench.errors import UserError
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
@@ -40,7 +40,7 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
         raise
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """A write that failed for lack of space, naming the file and the space."""
 
 
@@ -78,6 +78,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
+    import torch  # here, so that the JSON and text writers load without it
     _atomic(path, lambda f: torch.save(obj, f), "wb")
 
 
@@ -87,7 +88,7 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(UserError, ValueError):
     """A file vlpbench wrote that no longer parses (truncated by a crash, edited by hand)."""
 
 

@@ -22,6 +22,7 @@ import torch
 
 from vlpbench.config import ExperimentConfig, config_to_yaml, load_config
 from vlpbench.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from vlpbench.errors import UserError
 from vlpbench.io import write_json, write_text
 
 PACKAGES = ("vlpbench", "torch", "torchvision", "timm", "transformers", "tokenizers", "pydantic", "numpy", "Pillow",
@@ -30,7 +31,7 @@ _CHECKPOINT = re.compile(r"^step_(\d+)\.pt$")
 CLAIM_FILE = "claim.lock"
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(UserError, RuntimeError):
     """Another process holds the run's claim: it is training (or evaluating) that run now."""
 
 

@@ -65,10 +65,18 @@ def read_run_config(run_dir: Path) -> dict:
     return config
 
 
+def comparable(config: dict) -> dict:
+    """A run's resolved config without the keys that do not make a configuration (seed, names)."""
+    return {k: v for k, v in config.items() if k not in NOT_CONFIGURATION}
+
+
+def configuration_changes(from_run: Path, to_run: Path) -> list[str]:
+    """``key: old -> new`` for every setting in which two runs' configurations differ."""
+    return config_differences(comparable(read_run_config(Path(from_run))), comparable(read_run_config(Path(to_run))))
+
+
 def check_one_configuration(run_dirs: list[Path], configs: list[dict]) -> None:
     """Seeds of one configuration only: statistics over runs of different settings describe none."""
-    def comparable(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in NOT_CONFIGURATION}
     for run_dir, config in zip(run_dirs[1:], configs[1:]):
         differences = config_differences(comparable(configs[0]), comparable(config))
         if differences:
@@ -116,13 +124,17 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def format_comparison(a: dict, b: dict) -> str:
+def format_comparison(a: dict, b: dict, changes: list[str] | None = None) -> str:
     """Per metric shared by two summaries: the difference (b - a), its 95% interval and the MDD of
     the design; paired by seed when both sides ran the same seeds, else Welch (the ``test``
-    column says which). A difference counts as resolved when the interval excludes 0."""
+    column says which). A difference counts as resolved when the interval excludes 0. ``changes``
+    (``configuration_changes`` from a run of a to one of b) names what separates the sides."""
     lines = [f"{', '.join(b['experiments'])} ({len(b['seeds'])} seeds) minus "
-             f"{', '.join(a['experiments'])} ({len(a['seeds'])} seeds)",
-             f"{'metric':<16} {'difference':>10} {'95% interval':>19} {'test':>7} {'rho':>6} {'MDD':>7}   resolved"]
+             f"{', '.join(a['experiments'])} ({len(a['seeds'])} seeds)"]
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        lines.append(f"configuration, subtrahend -> minuend: {shown}")
+    lines += [f"{'metric':<16} {'difference':>10} {'95% interval':>19} {'test':>7} {'rho':>6} {'MDD':>7}   resolved"]
     for label in (k for k in a["metrics"] if k in b["metrics"]):
         d = compare_seeds(dict(zip(a["seeds"], a["metrics"][label]["values"])),
                           dict(zip(b["seeds"], b["metrics"][label]["values"])))

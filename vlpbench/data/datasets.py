@@ -22,9 +22,10 @@ from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
 from vlpbench.data.transforms import ImageTransform
+from vlpbench.errors import UserError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A problem with a dataset file or record, phrased for the user."""
 
 

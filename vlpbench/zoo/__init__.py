@@ -1,8 +1,20 @@
-"""The shared backbone zoo: named presets and one factory per part."""
+"""The shared backbone zoo: named presets and one factory per part.
 
-from vlpbench.zoo.text import TEXT_PRESETS, BertTextModel, create_text_model, hf_bert_to_vlpbench
-from vlpbench.zoo.tokenizer import TextTokenizer, train_wordpiece
-from vlpbench.zoo.vision import VISION_PRESETS, VisionEncoder, VisionOutput, create_vision_encoder
+The presets are plain data; the model parts (and with them torch and timm) load on first use, so
+that validating a config or asking the CLI for help needs neither."""
 
-__all__ = ["TEXT_PRESETS", "VISION_PRESETS", "BertTextModel", "TextTokenizer", "VisionEncoder", "VisionOutput",
-           "create_text_model", "create_vision_encoder", "hf_bert_to_vlpbench", "train_wordpiece"]
+from importlib import import_module
+
+from vlpbench.zoo.presets import TEXT_PRESETS, VISION_PRESETS
+
+_PARTS = {"BertTextModel": "text", "create_text_model": "text", "hf_bert_to_vlpbench": "text",
+          "TextTokenizer": "tokenizer", "train_wordpiece": "tokenizer",
+          "VisionEncoder": "vision", "VisionOutput": "vision", "create_vision_encoder": "vision"}
+
+__all__ = ["TEXT_PRESETS", "VISION_PRESETS", *_PARTS]
+
+
+def __getattr__(name: str):
+    if name in _PARTS:
+        return getattr(import_module(f"vlpbench.zoo.{_PARTS[name]}"), name)
+    raise AttributeError(f"module 'vlpbench.zoo' has no attribute {name!r}")

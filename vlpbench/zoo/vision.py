@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import timm
@@ -10,26 +9,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from vlpbench.zoo.presets import VISION_PRESETS
 from vlpbench.zoo.weights import PretrainedWeightsError, load_state_dict_from, load_with_report
-
-
-@dataclass(frozen=True)
-class VisionPreset:
-    arch: str
-    image_size: int
-    overrides: dict = field(default_factory=dict)
-
-
-VISION_PRESETS: dict[str, VisionPreset] = {
-    # CPU-trainable in minutes: 64x64 images, 8x8 patches -> 64 patch tokens.
-    "vit_mini": VisionPreset("vit_tiny_patch16_224", 64, dict(patch_size=8, embed_dim=128, depth=4, num_heads=4)),
-    "vit_small": VisionPreset("vit_small_patch16_224", 224),
-    # ALBEF: ViT-B/16 pre-trained at 256x256 (Sec. 3.5).
-    "vit_base": VisionPreset("vit_base_patch16_224", 256),
-    "vit_large": VisionPreset("vit_large_patch16_224", 224),
-    # LightVLP_large's image encoder (Sec. 4.1): 12 layers of width 1024, 256x256 images.
-    "vit_large_12": VisionPreset("vit_large_patch16_224", 256, dict(depth=12)),
-}
 
 
 class VisionOutput(NamedTuple):
