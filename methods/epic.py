@@ -23,7 +23,6 @@ The corrupted text is fused by the base method's ``fuse``; images are encoded on
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -34,9 +33,9 @@ from torch import nn
 from vlpbench.config import ConfigError, MethodConfig
 from vlpbench.method import Batch, FusedPair, FusionStream, Progress, VLPMethod
 from vlpbench.registry import get_method, register_method
-from vlpbench.rundir import RunDir
 from vlpbench.streams import init_part, stream
 from vlpbench.zoo import TEXT_PRESETS, create_text_model
+from vlpbench.zoo.tokenizer import TextTokenizer
 from vlpbench.zoo.vision import VisionOutput
 
 
@@ -82,6 +81,9 @@ class EPICConfig(MethodConfig):
     def single_stream_fusion(self) -> bool:
         return self.base.single_stream_fusion()
 
+    def trained_models(self) -> dict[str, str]:
+        return {"saliency_teacher": self.saliency_teacher} if self.masking == "saliency" else {}
+
     def check(self, experiment) -> list[str]:
         problems = [p.replace("method.", "method.base.", 1) if p.startswith("method.") else p
                     for p in self.base.check(experiment)]
@@ -111,32 +113,21 @@ class EPIC(VLPMethod):
             self.generator = init_part("generator", create_text_model, model.text.preset, None, model.text.pretrained,
                                        vocab_size=tokenizer.vocab_size, **model.text.preset_overrides())
             self.generator.requires_grad_(config.generator == "fine_tune")
-        self.saliency_model = self._load_saliency_teacher(config.saliency_teacher, tokenizer) \
-            if config.masking == "saliency" else None
+        self.saliency_model = None  # with saliency masking: attach_trained (the pipeline loads the teacher)
         self.register_buffer("special_ids", torch.tensor(tokenizer.special_ids), persistent=False)
 
-    @staticmethod
-    def _load_saliency_teacher(path: str, tokenizer) -> list[VLPMethod]:
-        """The frozen teacher, kept in a list so it is neither trained, checkpointed nor moved by
-        ``.to()`` with the student. ``path``: a checkpoint, a run directory, or an experiment's
-        output folder (``runs/albef_mini``: its newest run with a checkpoint)."""
-        from vlpbench.pipeline import load_trained  # the teacher is a trained run: load it as eval does
-
-        folder = Path(path)
-        try:
-            if folder.is_dir() and not (folder / "config.yaml").is_file():
-                path = str(RunDir.latest(str(folder.parent), folder.name).path)
-            _, teacher, teacher_tokenizer = load_trained(path, torch.device("cpu"))
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"method.saliency_teacher: {folder}: no trained model there ({exc}); train the "
-                                    "teacher first, e.g. vlpbench run experiments/albef_mini.yaml") from None
+    def attach_trained(self, trained: dict[str, tuple[VLPMethod, TextTokenizer]]) -> None:
+        """The frozen saliency teacher, kept in a list so it is neither trained, checkpointed nor
+        moved by ``.to()`` with the student."""
+        teacher, teacher_tokenizer = trained["saliency_teacher"]
+        path = self.config.saliency_teacher
         if type(teacher).token_saliency is VLPMethod.token_saliency:
             raise ConfigError(f"method.saliency_teacher: {path} is a {teacher.name!r} model, which defines no "
-                             "image-token saliency (token_saliency); use a run of a method that does")
-        if teacher_tokenizer.fingerprint() != tokenizer.fingerprint():
+                              "image-token saliency (token_saliency); use a run of a method that does")
+        if teacher_tokenizer.fingerprint() != self.tokenizer.fingerprint():
             raise ConfigError(f"method.saliency_teacher: {path} was trained with another tokenizer; the teacher must "
-                             "read the same token ids (train it on the same captions or model.text.tokenizer)")
-        return [teacher.eval().requires_grad_(False)]
+                              "read the same token ids (train it on the same captions or model.text.tokenizer)")
+        self.saliency_model = [teacher]
 
     # ---- the base method's evaluation interface ----
     def encode_image(self, images: torch.Tensor) -> VisionOutput:
@@ -206,6 +197,9 @@ class EPIC(VLPMethod):
         """[B, L] bool, M: ceil(mask_ratio * n) positions per caption, without replacement, drawn
         from the saliency (or uniformly) over the n eligible tokens (Gumbel top-k)."""
         eligible = self.eligible(batch.input_ids, batch.attention_mask)
+        if self.config.masking == "saliency" and self.saliency_model is None:
+            raise RuntimeError("EPIC with saliency masking has no teacher: build it with vlpbench.pipeline."
+                               "build_method, which loads method.saliency_teacher")
         if self.saliency_model is not None:
             teacher = self.saliency_model[0].to(batch.images.device)
             weights = teacher.token_saliency(batch.input_ids, batch.attention_mask, batch.images).float()

@@ -143,6 +143,12 @@ class MethodConfig(StrictModel):
         retrieval ranks every pair by ITM and reports no ITC-only result."""
         return getattr(self, "itc", True)
 
+    def trained_models(self) -> dict[str, str]:
+        """The trained runs the method reads, by config key (a checkpoint, a run directory or an
+        experiment's output folder; EPIC's ``saliency_teacher``). The pipeline loads them, frozen,
+        and hands them to the method's ``attach_trained``, so a method never loads runs itself."""
+        return {}
+
     def single_stream_fusion(self) -> bool:
         """Whether the method fuses as one text stream through blocks that cross-attend to the image
         (ALBEF's multimodal encoder), which NLVR2's replicated design needs."""

@@ -68,6 +68,10 @@ class VLPMethod(nn.Module, abc.ABC):
         self.config = config
         self.tokenizer = tokenizer
 
+    def attach_trained(self, trained: dict[str, tuple["VLPMethod", TextTokenizer]]) -> None:
+        """Receive the frozen trained models (and their tokenizers) that ``config.trained_models()`` names."""
+        raise NotImplementedError(f"method {self.name!r} declares trained models but does not take them")
+
     @abc.abstractmethod
     def forward(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:
         """Losses of one micro-batch: ``loss`` (the total to minimise) plus named parts to log."""

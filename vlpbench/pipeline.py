@@ -101,6 +101,9 @@ def build_method(cfg: ExperimentConfig, tokenizer: TextTokenizer) -> VLPMethod:
         method = get_method(cfg.method.name)(cfg.method, cfg.model, tokenizer)
     except PretrainedWeightsError as exc:
         raise ConfigError(f"model.*.pretrained: {exc}") from None
+    trained = {key: load_frozen(key, path) for key, path in cfg.method.trained_models().items()}
+    if trained:
+        method.attach_trained(trained)
     for report in load_reports(method):
         problems = report["unexplained_missing"], report["unexplained_unexpected"]
         if any(problems) and not getattr(cfg.model, report["kind"]).allow_partial:
@@ -111,6 +114,21 @@ def build_method(cfg: ExperimentConfig, tokenizer: TextTokenizer) -> VLPMethod:
                 f"keys of the file have no place (first: {problems[1][:3]}). Set {key}.allow_partial: true to "
                 "train with what fits")
     return method
+
+
+def load_frozen(key: str, path: str) -> tuple[VLPMethod, TextTokenizer]:
+    """A trained model that ``method.<key>`` names, frozen in eval mode, with its tokenizer:
+    from a checkpoint, a run directory, or an experiment's output folder (``runs/albef_mini``:
+    its newest run with a checkpoint)."""
+    folder = Path(path)
+    try:
+        if folder.is_dir() and not (folder / "config.yaml").is_file():
+            path = str(RunDir.latest(str(folder.parent), folder.name).path)
+        _, method, tokenizer = load_trained(path, torch.device("cpu"))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"method.{key}: {folder}: no trained model there ({exc}); train it first, e.g. "
+                                "vlpbench run experiments/albef_mini.yaml") from None
+    return method.eval().requires_grad_(False), tokenizer
 
 
 def load_reports(method: torch.nn.Module) -> list[dict]:
