@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,17 @@ def test_pairs_of_one_scene_share_a_match_id_and_a_bad_scene_id_is_named(tmp_pat
     ann.write_text(json.dumps([{"image": names[0], "caption": "x", "scene_id": [1]}]))
     with pytest.raises(DatasetError, match=r"ann.json: record 0: 'scene_id' must be an integer or a string"):
         load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())
+
+
+def test_a_folder_another_process_publishes_first_is_kept_and_ours_discarded(tmp_path, monkeypatch):
+    from vlpbench.io import build_folder_atomically
+    folder, rename = tmp_path / "dataset", Path.rename
+
+    def published_just_before(self, target):  # a concurrent job (a Slurm array task) renames its copy first
+        folder.mkdir()
+        (folder / "theirs.txt").write_text("theirs")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", published_just_before)
+    build_folder_atomically(folder, lambda tmp: (tmp / "ours.txt").write_text("ours"))
+    assert [p.name for p in folder.iterdir()] == ["theirs.txt"] and not list(tmp_path.glob("dataset.tmp-*"))

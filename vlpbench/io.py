@@ -63,10 +63,12 @@ def build_folder_atomically(folder: Path, fill: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if folder.exists():
-        shutil.rmtree(tmp)
-    else:
+    try:
         tmp.rename(folder)
+    except OSError:  # a concurrent process published it first (checking before renaming would race)
+        if not folder.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> None:
