@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from vlpbench import launch
+from vlpbench import launch, runs
 from vlpbench.checkpoint import CheckpointError, read_checkpoint
 from vlpbench.cli import main
 from vlpbench.config import ConfigError, config_from_dict
@@ -65,17 +65,17 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tiny_config, 
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(busy)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        state = launch.run_state(busy)
+        state = runs.run_state(busy)
         assert state["state"] == "running" and f"pid {holder.pid}" in state["detail"]
         launch.run_here(sweep, todo)  # the claim is checked when each run starts, not when planned
         out = capsys.readouterr().out
         assert "seed=1 skipped" in out and f"already running in another process (pid {holder.pid}" in out
-        assert launch.is_done(sweep.run_dir(sweep.runs[0]))
+        assert runs.is_done(sweep.run_dir(sweep.runs[0]))
         assert not (busy / "metrics.jsonl").exists() and not (busy / "failed.json").exists()
     finally:
         holder.kill()
         holder.wait()
-    assert launch.run_state(busy)["state"] == "new"  # the OS released the dead holder's claim
+    assert runs.run_state(busy)["state"] == "new"  # the OS released the dead holder's claim
 
 
 # ---- 3: downstream settings changed after a task trained ----
@@ -211,8 +211,8 @@ def test_sigterm_during_a_sweep_checkpoints_that_step_and_the_rerun_resumes_it(t
     stopped_at = RunDir.checkpoint_step(checkpoint)
     logged = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert 3 <= stopped_at < 200 and logged[-1] == stopped_at  # the step in progress, checkpointed
-    assert launch.run_state(first)["state"] == "resumable" and not (first / "failed.json").exists()
-    assert launch.run_state(second)["state"] == "new"
+    assert runs.run_state(first)["state"] == "resumable" and not (first / "failed.json").exists()
+    assert runs.run_state(second)["state"] == "new"
     assert main(["run", str(path)]) == 0
     results = json.loads((first / "results.json").read_text())
     assert results["complete"] and results["train"]["steps_this_session"] == 200 - stopped_at
@@ -233,7 +233,7 @@ def test_a_truncated_results_json_is_named_and_the_run_resumes(tiny_config, tmp_
     out = capsys.readouterr().out
     assert "resumable" in out and "results.json: not valid JSON" in out
     assert main(["run", str(path)]) == 0
-    assert launch.is_done(run_dir) and json.loads((run_dir / "results.json").read_text())["retrieval"]
+    assert runs.is_done(run_dir) and json.loads((run_dir / "results.json").read_text())["retrieval"]
 
 
 # ---- resuming a run whose config.yaml was edited ----

@@ -12,8 +12,8 @@ METHOD_API = {"vlpbench.config", "vlpbench.errors", "vlpbench.method", "vlpbench
 # the floors above them: running, evaluating, sweeping, reporting
 ORCHESTRATION = {"vlpbench.pipeline", "vlpbench.experiment", "vlpbench.train", "vlpbench.launch", "vlpbench.sweep",
                  "vlpbench.cli", "vlpbench.report", "vlpbench.report_writer", "vlpbench.results", "vlpbench.summary",
-                 "vlpbench.bench", "vlpbench.flops", "vlpbench.budget", "vlpbench.rundir", "vlpbench.unimodal",
-                 "vlpbench.evaluate", "vlpbench.downstream", "vlpbench.distributed"}
+                 "vlpbench.bench", "vlpbench.flops", "vlpbench.budget", "vlpbench.rundir", "vlpbench.runs",
+                 "vlpbench.unimodal", "vlpbench.evaluate", "vlpbench.downstream", "vlpbench.distributed", "vlpbench.api"}
 
 
 def module_name(path: Path) -> str:
@@ -76,3 +76,13 @@ def test_the_components_under_the_methods_import_no_orchestration():
             todo += graph[module]
     upward = sorted(m for m in reached if within(m, ORCHESTRATION))
     assert not upward, f"the method interface and components reach up into {upward}"
+
+
+def test_reading_runs_and_results_imports_no_torch():
+    """Reading a sweep's states, results and reports costs file reads, not a torch import."""
+    import subprocess
+    import sys
+    code = ("import sys, vlpbench.runs, vlpbench.results, vlpbench.summary, vlpbench.report; "
+            "print(sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

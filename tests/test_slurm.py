@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from vlpbench import launch
+from vlpbench import runs
 from vlpbench.cli import main
 from vlpbench.sweep import load_sweep
 
@@ -76,9 +76,9 @@ def test_a_requeued_job_resumes_and_finishes_with_the_right_step_count(tiny_conf
     run_dir = sweep.run_dir(sweep.runs[0])
     job_id = json.loads((run_dir / "job.json").read_text())["job_id"]
     wait_until(lambda: (run_dir / "checkpoints" / "step_00000050.pt").is_file(), 180, "a checkpoint")
-    assert not launch.is_done(run_dir)
+    assert not runs.is_done(run_dir)
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    wait_until(lambda: launch.is_done(run_dir), 300, "the requeued job to finish")
+    wait_until(lambda: runs.is_done(run_dir), 300, "the requeued job to finish")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["train"]["steps"] == 300 and results["train"]["steps_this_session"] < 300
     assert list(run_dir.glob("env_resumed_at_*.json"))
@@ -101,7 +101,7 @@ def test_a_preempted_job_checkpoints_the_step_it_is_on_and_resumes_there(tiny_co
     metrics = run_dir / "metrics.jsonl"
     wait_until(lambda: metrics.is_file() and "\"step\": 50," in metrics.read_text(), 180, "step 50")
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
-    wait_until(lambda: launch.is_done(run_dir), 300, "the requeued job to finish")
+    wait_until(lambda: runs.is_done(run_dir), 300, "the requeued job to finish")
     resumed = [int(p.stem.split("_")[-1]) for p in run_dir.glob("env_resumed_at_*.json")]
     assert len(resumed) == 1 and 50 <= resumed[0] < 400
     assert (run_dir / "checkpoints" / f"step_{resumed[0]:08d}.pt").is_file()  # a checkpoint at that very step

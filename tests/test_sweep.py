@@ -6,7 +6,7 @@ import multiprocessing
 import pytest
 import yaml
 
-from vlpbench import launch, results
+from vlpbench import results, runs
 from vlpbench.cli import main
 from vlpbench.config import ConfigError, config_from_dict
 from vlpbench.rundir import RunDir
@@ -73,7 +73,7 @@ def test_local_sweep_is_idempotent_and_reruns_only_failed_runs(tiny_config, tmp_
     sweep = load_sweep(path)
     first, second = (sweep.run_dir(r) for r in sweep.runs)
     assert [d.name for d in (first, second)] == ["seed=0", "seed=1"]
-    assert all(launch.is_done(d) for d in (first, second))
+    assert all(runs.is_done(d) for d in (first, second))
     summary = json.loads((sweep.directory / "summary.json").read_text())
     assert summary["tiny"]["seeds"] == [0, 1]
 
@@ -94,7 +94,7 @@ def test_local_sweep_is_idempotent_and_reruns_only_failed_runs(tiny_config, tmp_
     assert main(["run", str(path), "--rerun", "failed"]) == 0
     out = capsys.readouterr().out
     assert "to start: 1 of 2 runs" in out and "[1/1] seed=1" in out
-    assert launch.is_done(second) and (first / "results.json").stat().st_mtime_ns == stamp
+    assert runs.is_done(second) and (first / "results.json").stat().st_mtime_ns == stamp
     steps = [json.loads(line)["step"] for line in (second / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # the failed attempt's lines were not kept twice
 
@@ -107,7 +107,7 @@ def test_an_interrupted_sweep_run_resumes_from_its_checkpoint(tiny_config, tmp_p
     cfg = config_from_dict(run.config.model_dump(mode="json"))
     from vlpbench.experiment import run_experiment
     run_experiment(cfg, RunDir.create(cfg, run_id="seed=3"), stop_at=2)
-    assert launch.run_state(run_dir)["state"] == "resumable"
+    assert runs.run_state(run_dir)["state"] == "resumable"
     assert main(["run", str(path)]) == 0
     assert json.loads((run_dir / "results.json").read_text())["train"]["steps_this_session"] == 2
     assert (run_dir / "env_resumed_at_00000002.json").is_file()
@@ -119,10 +119,10 @@ def test_a_run_stopped_during_evaluation_is_not_done_and_resumes_to_evaluate(tin
     assert main(["run", str(path)]) == 0
     run_dir = tmp_path / "runs" / "tiny" / "seed=3"
     finished = json.loads((run_dir / "results.json").read_text())
-    assert finished["pending"] == [] and "retrieval" in finished and launch.is_done(run_dir)
+    assert finished["pending"] == [] and "retrieval" in finished and runs.is_done(run_dir)
     stopped = {k: v for k, v in finished.items() if k != "retrieval"}  # what a kill during evaluation leaves
     RunDir(run_dir).write_results({**stopped, "pending": ["retrieval"]})
-    assert launch.run_state(run_dir)["state"] == "resumable"
+    assert runs.run_state(run_dir)["state"] == "resumable"
     assert main(["run", str(path)]) == 0
     resumed = json.loads((run_dir / "results.json").read_text())
     assert resumed["pending"] == [] and "r_mean" in resumed["retrieval"]["itm"]
@@ -182,7 +182,7 @@ def test_local_executor_runs_n_at_a_time_through_submitit(tiny_config, tmp_path,
     out = capsys.readouterr().out
     assert "started seed=0 (local job" in out and "started seed=1 (local job" in out
     sweep = load_sweep(path)
-    assert all(launch.is_done(sweep.run_dir(r)) for r in sweep.runs)
+    assert all(runs.is_done(sweep.run_dir(r)) for r in sweep.runs)
     logs = list((sweep.directory / "submitit" / "local").glob("*_log.out"))
     assert len(logs) == 2
     assert main(["status", str(path)]) == 0

@@ -127,24 +127,33 @@ def run_sweep(args, sweep) -> int:
 
 def report_sweep(sweep) -> int:
     """Each run's state; per configuration whose seeds all finished, the across-seed summary."""
-    from vlpbench import launch
-    from vlpbench.io import write_json
-    from vlpbench.summary import format_summary, read_results, summarize
-    rows = launch.sweep_status(sweep.directory, [r.run_id for r in sweep.runs])
-    print("\n" + launch.format_status(rows))
-    summaries = {}
-    for label, dirs in launch.seed_groups(sweep).items():
-        if all(launch.is_done(d) for d in dirs):
-            summaries[label] = summarize(read_results(dirs))
-            print(f"\n{label}:\n" + format_summary(summaries[label]))
+    from vlpbench.runs import folder_status
+    from vlpbench.summary import format_summary, write_sweep_summary
+    rows = folder_status(sweep.directory, [r.run_id for r in sweep.runs])
+    print("\n" + format_status(rows))
+    summaries = write_sweep_summary(sweep)
+    for label, summary in summaries.items():
+        print(f"\n{label}:\n" + format_summary(summary))
     if summaries:
-        write_json(sweep.directory / "summary.json", summaries)
         print(f"\nsummary: {sweep.directory / 'summary.json'}")
     return 0 if all(row["state"] == "done" for row in rows) else 1
 
 
+def format_status(rows: list[dict]) -> str:
+    if not rows:
+        return "no runs"
+    width = max(len(r["run_id"]) for r in rows)
+    lines = []
+    for row in rows:
+        detail = row.get("error") or row.get("detail") or (f"job {row['job_id']}" if "job_id" in row else "")
+        lines.append(f"{row['run_id']:<{width}}  {row['state']:<9}  {detail}".rstrip())
+        lines += [f"{'':<{width}}    | {line}" for line in row.get("log_tail", [])[-3:]]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["state"] for r in rows).items()))
+    return "\n".join(lines + [f"{len(rows)} runs: {counts}"])
+
+
 def cmd_status(args) -> int:
-    from vlpbench import launch
+    from vlpbench.runs import folder_status
     target = Path(args.sweep)
     if target.is_file():
         sweep = load_sweep(target)
@@ -157,7 +166,7 @@ def cmd_status(args) -> int:
         folder, planned = target, None
     else:
         raise ConfigError(f"{target}: no such sweep file or run folder")
-    print(launch.format_status(launch.sweep_status(folder, planned)))
+    print(format_status(folder_status(folder, planned)))
     return 0
 
 

@@ -1,9 +1,5 @@
 """Running a sweep's runs: in this process, N at a time (submitit's LocalExecutor), or on Slurm
-(a submitit job array), and reading back what state each run is in.
-
-A run's state comes from its directory: ``results.json`` (done), the run's claim held by a
-process (running: ``RunDir.claim``), ``failed.json`` (failed), ``job.json`` (submitted to Slurm:
-submitit asks the scheduler), a checkpoint (resumable) or nothing yet (new).
+(a submitit job array). What state each run is in, ``vlpbench.runs`` reads from its directory.
 
 A run is trained only under its claim, taken at the moment it starts and held until it ends, so
 two copies of one sweep never train the same run: the second finds the claim held and skips it.
@@ -14,11 +10,9 @@ anything runs, finished runs included, naming each run and the keys that differ.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,76 +22,12 @@ from vlpbench import distributed
 from vlpbench.budget import apply_flop_budget
 from vlpbench.config import ConfigError, config_differences, config_from_dict
 from vlpbench.experiment import EvaluationError, run_experiment
-from vlpbench.io import CorruptFileError, read_json, write_json
+from vlpbench.io import read_json, write_json
 from vlpbench.pipeline import runtime_device
-from vlpbench.rundir import RunBusyError, RunDir, describe_holder
+from vlpbench.rundir import RunBusyError, RunDir
+from vlpbench.runs import is_done, run_state
 from vlpbench.sweep import Sweep, SweepRun
 from vlpbench.train import clear_stop, request_stop, stop_requested
-
-SLURM_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
-SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def slurm_state(job: dict) -> str:
-    """The scheduler's state of a submitted job (via submitit, which reads sacct/squeue)."""
-    import submitit
-    return submitit.SlurmJob(folder=job["folder"], job_id=job["job_id"]).state
-
-
-def is_done(run_dir: Path) -> bool:
-    results = _read_json(run_dir / "results.json")
-    return bool(results and results.get("complete") and not results.get("pending") and "retrieval_error" not in results)
-
-
-def results_problem(run_dir: Path) -> str | None:
-    """Why ``results.json`` cannot be read (the run then counts as unfinished), or None."""
-    try:
-        if (run_dir / "results.json").is_file():
-            read_json(run_dir / "results.json")
-    except CorruptFileError as exc:
-        return f"{exc}; the run counts as unfinished and resumes from its checkpoint"
-    return None
-
-
-def run_state(run_dir: Path) -> dict:
-    """``{"state": ..., ...}`` of one run directory; ``failed`` adds the error, ``running`` the process."""
-    if is_done(run_dir):
-        return {"state": "done"}
-    holder = RunDir(run_dir).holder()
-    if holder is not None:
-        return {"state": "running", "detail": describe_holder(holder)}
-    failed = _read_json(run_dir / "failed.json")
-    if failed:
-        return {"state": "failed", "error": failed.get("error"), "log_tail": failed.get("log_tail", [])}
-    job = _read_json(run_dir / "job.json")
-    if job and job.get("executor") == "slurm":
-        state = slurm_state(job)
-        if state in SLURM_WAITING:
-            return {"state": "requeued" if state.startswith("REQUEUE") else "pending", "job_id": job["job_id"]}
-        if state in SLURM_RUNNING:
-            return {"state": "running", "job_id": job["job_id"]}
-        if state not in ("COMPLETED", "UNKNOWN"):  # ended without results.json: killed, out of memory, ...
-            return {"state": "failed", "error": f"Slurm job {job['job_id']} ended {state}",
-                    "log_tail": _tail(Path(job["folder"]) / f"{job['job_id']}_0_log.err")}
-    problem = {"detail": detail} if (detail := results_problem(run_dir)) else {}
-    if RunDir(run_dir).latest_checkpoint() is not None:
-        return {"state": "resumable", **problem}
-    return {"state": "new", **problem}
-
-
-def _tail(path: Path, lines: int = 5) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return []
-
 
 def execute(config: dict, run_dir: str) -> dict:
     """Run (or continue) one run of a sweep in this process, under the run's claim, and return
@@ -288,38 +218,3 @@ def submit_slurm(sweep: Sweep, runs: list[SweepRun], log=print) -> list:
         write_json(sweep.run_dir(run) / "job.json", {"executor": "slurm", "job_id": job.job_id, "folder": str(folder)})
         log(f"submitted {run.run_id}: Slurm job {job.job_id}")
     return jobs
-
-
-def sweep_status(folder: Path, planned: list[str] | None = None) -> list[dict]:
-    """A row per run: the planned ones (``sweep.json`` or the sweep file), then any other run
-    directory under ``folder``."""
-    folder = Path(folder)
-    if planned is None and (folder / "sweep.json").is_file():
-        planned = [r["run_id"] for r in json.loads((folder / "sweep.json").read_text())["runs"]]
-    names = list(planned or [])
-    if folder.is_dir():
-        names += sorted(p.name for p in folder.iterdir() if p.name not in names and p.is_dir()
-                        and any((p / f).is_file() for f in ("config.yaml", "job.json", "failed.json")))
-    return [{"run_id": name, **run_state(folder / name)} for name in names]
-
-
-def format_status(rows: list[dict]) -> str:
-    if not rows:
-        return "no runs"
-    width = max(len(r["run_id"]) for r in rows)
-    lines = []
-    for row in rows:
-        detail = row.get("error") or row.get("detail") or (f"job {row['job_id']}" if "job_id" in row else "")
-        lines.append(f"{row['run_id']:<{width}}  {row['state']:<9}  {detail}".rstrip())
-        lines += [f"{'':<{width}}    | {line}" for line in row.get("log_tail", [])[-3:]]
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["state"] for r in rows).items()))
-    return "\n".join(lines + [f"{len(rows)} runs: {counts}"])
-
-
-def seed_groups(sweep: Sweep) -> dict[str, list[Path]]:
-    """The sweep's run directories grouped by configuration (overrides other than the seed)."""
-    groups: dict[str, list[Path]] = {}
-    for run in sweep.runs:
-        label = ",".join(o for o in run.overrides if not o.startswith("seed=")) or sweep.name
-        groups.setdefault(label, []).append(sweep.run_dir(run))
-    return groups

@@ -35,7 +35,7 @@ import yaml
 from pydantic import ValidationError
 
 from vlpbench.config import ConfigError, StrictModel, format_validation_error, load_config, read_yaml_with_base
-from vlpbench.launch import run_state
+from vlpbench.runs import read_finished_results, run_dirs, run_state
 from vlpbench.stats import Difference, compare_seeds, seed_stats
 from vlpbench.summary import VERDICTS, _lookup, verdict_count
 from vlpbench.sweep import load_sweep
@@ -141,13 +141,12 @@ def gather(target: str | Path, overrides: list[str] = ()) -> tuple[str, Path, Re
     else:  # one configuration: every run directory of the experiment
         cfg = load_config(experiment, list(overrides))
         folder, name = Path(cfg.output_dir) / cfg.name, cfg.name
-        runs = sorted(p for p in folder.glob("*") if (p / "config.yaml").is_file()) if folder.is_dir() else []
+        runs = [p for p in run_dirs(folder) if (p / "config.yaml").is_file()] if folder.is_dir() else []
         planned = [(p.name, p, load_config(p / "config.yaml")) for p in runs] or [("(no run yet)", folder, cfg)]
     records = []
     for run_id, run_dir, config in planned:
         state = run_state(run_dir)["state"] if run_dir.is_dir() else "new"
-        results_file = run_dir / "results.json"
-        results = json.loads(results_file.read_text()) if state == "done" else None
+        results = read_finished_results(run_dir) if state == "done" else None
         keys = {key: config_value(config, key) for key in report.rows + report.columns}
         records.append(RunRecord(run_id, run_dir, keys, config.seed, state, results, config))
     return name, experiment, report, records

@@ -11,10 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from vlpbench.io import CorruptFileError, read_json
-from vlpbench.launch import run_state
+from vlpbench.runs import read_results_if_any, read_run_config, run_dirs, run_state
 
 
 def flatten(node, prefix: str = "") -> dict:
@@ -27,29 +25,17 @@ def flatten(node, prefix: str = "") -> dict:
     return out
 
 
-def run_dirs(folder: str | Path) -> list[Path]:
-    """The run directories under ``folder`` (a sweep or experiment directory), by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such sweep or experiment directory")
-    marks = ("config.yaml", "job.json", "failed.json")
-    return sorted(p for p in folder.iterdir() if p.is_dir() and any((p / m).is_file() for m in marks))
-
-
 def load(folder: str | Path) -> pd.DataFrame:
     """One row per run directory under ``folder``: run_id, state, config.* and result columns."""
     rows = []
     for path in run_dirs(folder):
         row = {"run_id": path.name, "run_dir": str(path), "state": run_state(path)["state"]}
         if (path / "config.yaml").is_file():
-            row.update(flatten(yaml.safe_load((path / "config.yaml").read_text()), "config"))
-        if (path / "results.json").is_file():
-            try:
-                results = read_json(path / "results.json")
-            except CorruptFileError as exc:
-                row["results_error"] = str(exc)
-                rows.append(row)
-                continue
+            row.update(flatten(read_run_config(path), "config"))
+        results, error = read_results_if_any(path)
+        if error:
+            row["results_error"] = error
+        if results is not None:
             row.update({k: v for k, v in flatten(results).items() if isinstance(v, (int, float, bool, str))
                         and k not in ("run_dir",)})
         rows.append(row)

@@ -1,5 +1,8 @@
 """Run directories: ``<output_dir>/<experiment>/<run-id>/`` with the resolved config, the
-environment, metrics, results and checkpoints. Every file is written atomically."""
+environment, metrics, results and checkpoints. Every file is written atomically.
+
+Importing this module imports no torch (the checkpoint and environment methods do, when called),
+so that reading a run's state and results (``vlpbench.runs``) stays light."""
 
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ import time
 import traceback
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from vlpbench.config import ExperimentConfig, config_to_yaml, load_config
-from vlpbench.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from vlpbench.errors import UserError
 from vlpbench.io import write_json, write_text
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGES = ("vlpbench", "torch", "torchvision", "timm", "transformers", "tokenizers", "pydantic", "numpy", "Pillow",
             "safetensors", "fvcore", "ptflops", "pandas", "submitit")
@@ -50,6 +54,7 @@ def git_revision() -> str | None:
 
 
 def environment(device: torch.device) -> dict:
+    import torch
     versions = {}
     for name in PACKAGES:
         try:
@@ -182,6 +187,7 @@ class RunDir:
         loaded, so they are neither tried again nor taken for the latest. If none can be read,
         nothing is renamed and the error lists them all.
         """
+        from vlpbench.checkpoint import CheckpointError, read_checkpoint
         unreadable = []
         for path in reversed(self.checkpoint_paths()):
             try:
@@ -199,6 +205,7 @@ class RunDir:
         return None
 
     def save_checkpoint(self, step: int, keep: int, **state) -> Path:
+        from vlpbench.checkpoint import save_checkpoint
         path = self.checkpoints / f"step_{step:08d}.pt"
         save_checkpoint(path, step, **state)
         for old in self.checkpoint_paths()[:-keep]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from vlpbench.config import ConfigError, config_differences
-from vlpbench.io import read_json
+from vlpbench.io import write_json
+from vlpbench.runs import is_done, read_finished_results, read_run_config
 from vlpbench.stats import compare_seeds, seed_stats
 
 # (path in results.json, label); the ITM ranking is the method's retrieval result, ITC-only its embedding's
@@ -41,28 +40,12 @@ def read_results(run_dirs: list[Path]) -> list[dict]:
     must be seeds of one configuration (``ConfigError`` naming the keys that differ otherwise)."""
     out, configs = [], []
     for run_dir in map(Path, run_dirs):
-        path = run_dir / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{run_dir}: no results.json (the run has not finished)")
-        results = read_json(path)
-        if not isinstance(results, dict) or not results.get("complete") or results.get("pending"):
-            raise FileNotFoundError(f"{path}: the run has not finished training and evaluation")
+        results = read_finished_results(run_dir)
         configs.append(read_run_config(run_dir))
         results["seed"] = configs[-1].get("seed")
         out.append(results)
     check_one_configuration(list(map(Path, run_dirs)), configs)
     return out
-
-
-def read_run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the run's config ({str(exc).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected the run's resolved config (a mapping)")
-    return config
 
 
 def comparable(config: dict) -> dict:
@@ -145,3 +128,13 @@ def format_comparison(a: dict, b: dict, changes: list[str] | None = None) -> str
     lines.append("paired: the same seeds on both sides, the difference taken seed by seed (t over the n "
                  "differences; rho: the sides' correlation); welch: seeds differ")
     return "\n".join(lines)
+
+
+def write_sweep_summary(sweep) -> dict:
+    """Per configuration of ``sweep`` whose seeds have all finished, its across-seed summary,
+    also written to the sweep's ``summary.json`` (when there is any)."""
+    summaries = {label: summarize(read_results(dirs)) for label, dirs in sweep.seed_groups().items()
+                 if all(is_done(d) for d in dirs)}
+    if summaries:
+        write_json(sweep.directory / "summary.json", summaries)
+    return summaries

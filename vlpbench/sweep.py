@@ -99,6 +99,14 @@ class Sweep:
     def run_dir(self, run: SweepRun) -> Path:
         return self.directory / run.run_id
 
+    def seed_groups(self) -> dict[str, list[Path]]:
+        """The run directories grouped by configuration (overrides other than the seed)."""
+        groups: dict[str, list[Path]] = {}
+        for run in self.runs:
+            label = ",".join(o for o in run.overrides if not o.startswith("seed=")) or self.name
+            groups.setdefault(label, []).append(self.run_dir(run))
+        return groups
+
 
 def run_count(sweep: SweepConfig) -> int:
     """How many runs the sweep expands to, counted without expanding it."""
