@@ -13,7 +13,7 @@ METHOD_API = {"vlpbench.config", "vlpbench.errors", "vlpbench.method", "vlpbench
 ORCHESTRATION = {"vlpbench.pipeline", "vlpbench.experiment", "vlpbench.train", "vlpbench.launch", "vlpbench.sweep",
                  "vlpbench.cli", "vlpbench.report", "vlpbench.report_writer", "vlpbench.results", "vlpbench.summary",
                  "vlpbench.bench", "vlpbench.flops", "vlpbench.budget", "vlpbench.rundir", "vlpbench.runs",
-                 "vlpbench.unimodal", "vlpbench.evaluate", "vlpbench.downstream", "vlpbench.distributed", "vlpbench.api"}
+                 "vlpbench.unimodal", "vlpbench.evaluation", "vlpbench.downstream", "vlpbench.distributed", "vlpbench.api"}
 
 
 def module_name(path: Path) -> str:

@@ -8,7 +8,8 @@ import pytest
 from conftest import REGISTERED_METHODS, tiny_method
 
 from vlpbench.config import config_from_dict
-from vlpbench.experiment import evaluate_checkpoint, run_experiment
+import vlpbench
+from vlpbench.experiment import run_experiment
 from vlpbench.pipeline import data_sources
 from vlpbench.registry import get_method
 from vlpbench.rundir import RunDir
@@ -39,5 +40,6 @@ def test_every_method_pretrains_evaluates_and_its_checkpoint_scores_the_same(tin
 
     # the final checkpoint rebuilds the method that was evaluated: the same retrieval numbers
     test = data_sources(cfg)["retrieval_test"]
-    again = evaluate_checkpoint(str(run.path), test.ann_files, test.image_root, cfg.eval.retrieval, device="cpu")
+    again = vlpbench.evaluate(run.path, test.ann_files, image_root=test.image_root, device="cpu",
+                              **cfg.eval.retrieval.model_dump())
     assert again["itm"] == results["retrieval"]["itm"] and again["itc"] == results["retrieval"]["itc"]

@@ -16,7 +16,7 @@ import torch
 
 from vlpbench.data.datasets import ImageCaptions, RetrievalDataset
 from vlpbench.data.transforms import ImageTransform
-from vlpbench.evaluate import dataset_image_batches, encode_split, eval_mode, pair_scores
+from vlpbench.evaluation import dataset_image_batches, encode_split, eval_mode, pair_scores
 from vlpbench.method import VLPMethod
 from vlpbench.stats import roc_auc
 from vlpbench.zoo.tokenizer import TextTokenizer

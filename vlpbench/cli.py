@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
@@ -47,10 +46,9 @@ def retrieval_rows(results: dict) -> dict[str, dict]:
 
 def cmd_run(args) -> int:
     from vlpbench import distributed
+    from vlpbench.api import train_run
     from vlpbench.budget import apply_flop_budget
-    from vlpbench.experiment import run_experiment
     from vlpbench.pipeline import runtime_device
-    from vlpbench.rundir import RunDir
     from vlpbench.train import clear_stop, stop_requested
     clear_stop()  # a stop requested in an earlier command of this process does not carry over
     sweep_flags = [flag for flag, on in (("--seeds", args.seeds), ("--dry-run", args.dry_run),
@@ -86,12 +84,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(f"{cfg.name}: one run (no sweep section), in a new directory under {Path(cfg.output_dir) / cfg.name}")
         return 0
-    distributed.initialize(runtime_device(cfg.train))  # torchrun: every process runs this command
-    run = run or distributed.broadcast_from_main(RunDir.create(cfg) if distributed.is_main() else None)
-    if distributed.is_main():
-        print(f"run directory: {run.path}")
-    with run.claim() if distributed.is_main() else contextlib.nullcontext():  # one process trains a run
-        results = run_experiment(cfg, run, resume=bool(args.resume), stop_at=args.stop_at)
+    run, results = train_run(cfg, run, stop_at=args.stop_at, log=print)  # torchrun: every process runs this
     if distributed.is_main():
         report_run(cfg, run, results)
     return 1 if stop_requested() and not results["complete"] else 0
@@ -108,20 +101,13 @@ def run_sweep(args, sweep) -> int:
           f"({', '.join(f'{n} {s}' for s, n in sorted(Counter(states.values()).items()))})")
     if args.dry_run:
         return 0
-    launch.write_plan(sweep)
     if not todo:
+        launch.write_plan(sweep)
         return report_sweep(sweep)
-    if sweep.launcher.executor == "slurm":
-        jobs = launch.submit_slurm(sweep, todo)
-        if not args.wait:
-            print(f"submitted {len(jobs)} runs; follow them with: vlpbench status {sweep.directory}")
-            return 0
-        for job in jobs:
-            job.wait()
-    elif sweep.launcher.jobs > 1:
-        launch.run_local_jobs(sweep, todo)
-    else:
-        launch.run_here(sweep, todo)
+    jobs = launch.start_runs(sweep, todo, wait=args.wait)
+    if jobs and not args.wait:
+        print(f"submitted {len(jobs)} runs; follow them with: vlpbench status {sweep.directory}")
+        return 0
     return report_sweep(sweep)
 
 
@@ -234,12 +220,13 @@ def check_stop_at(stop_at: int | None, steps: int, run) -> None:
 
 
 def cmd_eval(args) -> int:
-    from vlpbench.experiment import evaluate_checkpoint
+    from vlpbench.api import evaluate
     from vlpbench.io import write_json
     eval_cfg = validate_arguments(RetrievalEvalConfig,
                                   {"k_test": args.k_test, "batch_size": args.batch_size, "max_images": args.max_images},
                                   {"k_test": "--k-test", "batch_size": "--batch-size", "max_images": "--max-images"})
-    results = evaluate_checkpoint(args.target, args.ann, args.image_root, eval_cfg, args.on_bad_record, args.device)
+    results = evaluate(args.target, args.ann, "retrieval", args.image_root, args.device, args.on_bad_record,
+                       **eval_cfg.model_dump())
     print(f"zero-shot retrieval on {results['num_images']} images / {results['num_texts']} texts "
           f"({results['ranking']}):")
     rows = {"ITC only": results["itc"], "ITM ranking": results["itm"], "chance": results["chance"]}
@@ -292,11 +279,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from vlpbench.experiment import gate_analysis
+    from vlpbench.api import evaluate
     from vlpbench.io import write_json
     if args.max_pairs < 1:
         raise ConfigError(f"--max-pairs {args.max_pairs}: expected a positive number of pairs")
-    result = gate_analysis(args.target, args.ann, args.image_root, args.max_pairs, args.batch_size, args.device)
+    result = evaluate(args.target, args.ann, "gate", args.image_root, args.device, max_pairs=args.max_pairs,
+                      batch_size=args.batch_size)
     print(f"{result['method']}: matching score of {sum(result['num_pairs'].values())} pre-training pairs "
           f"({', '.join(f'{k} {n}' for k, n in result['num_pairs'].items())})")
     for name, auc in result["auc"].items():

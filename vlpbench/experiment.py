@@ -8,12 +8,13 @@ import torch
 
 from vlpbench import distributed, pipeline, unimodal
 from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences)
-from vlpbench.data.datasets import SkipReport
+from vlpbench.data.datasets import ImageCaptions, SkipReport
 from vlpbench.diagnostics import run_verdicts
 from vlpbench.analysis import matching_separation
 from vlpbench.errors import UserError
-from vlpbench.evaluate import LearningCurve, evaluate_retrieval
+from vlpbench.evaluation import LearningCurve, evaluate_retrieval
 from vlpbench.io import CorruptFileError, read_json, write_json
+from vlpbench.method import VLPMethod
 from vlpbench.rundir import RunDir
 from vlpbench.train import Trainer
 from vlpbench.zoo.tokenizer import TextTokenizer
@@ -25,15 +26,19 @@ class EvaluationError(UserError, RuntimeError):
 
 
 def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, stop_at: int | None = None,
-                   log=print) -> dict:
+                   log=print, built: tuple[TextTokenizer, VLPMethod] | None = None) -> dict:
     """Pre-train and evaluate; with ``stop_at`` pre-train only up to that step (resume later).
+    ``built``: the tokenizer and method to train (``build_model``'s, made by the caller), instead
+    of building them here; a resumed run always builds its own.
 
     A session that raises leaves ``failed.json`` (the error, and the checkpoint a resume would
     start from) in the run directory.
     """
+    if built is not None and resume:
+        raise ValueError("a resumed run builds its method from its checkpoint; built= is for a new run")
     run.failed_file.unlink(missing_ok=True)
     try:
-        return _run(cfg, run, resume, stop_at, log)
+        return _run(cfg, run, resume, stop_at, log, built)
     except (EvaluationError, KeyboardInterrupt):
         # training completed: the run is not failed, results.json says what went wrong; or the
         # user aborted: the run resumes from its last checkpoint
@@ -43,7 +48,17 @@ def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, sto
         raise
 
 
-def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, log) -> dict:
+def build_model(cfg: ExperimentConfig, entries: list[ImageCaptions], tokenizer: TextTokenizer, device: torch.device,
+                log=print) -> VLPMethod:
+    """The method a run of ``cfg`` starts from: its encoders warm-started where ``model.unimodal``
+    asks (trained once per dataset and cached), the rest initialised from ``cfg.seed``."""
+    cfg_with_init = unimodal.warm_start(cfg, entries, tokenizer, log)  # seeds torch itself when it trains
+    torch.manual_seed(cfg.seed)
+    return pipeline.build_method(cfg_with_init, tokenizer).to(device)
+
+
+def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, log,
+         built: tuple[TextTokenizer, VLPMethod] | None) -> dict:
     device = pipeline.runtime_device(cfg.train)
     if cfg.downstream.tasks and distributed.world_size() > 1:
         raise ConfigError("downstream.tasks: downstream tasks run in one process; pre-train data-parallel without "
@@ -58,11 +73,13 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     if skips.total:
         log(f"skipped {skips.total} bad records: {skips.summary()}")
     tokenizer_file = run.path / "tokenizer.json"
-    tokenizer = (TextTokenizer.load(tokenizer_file) if resume and tokenizer_file.is_file()
-                 else pipeline.build_tokenizer(cfg, entries, tokenizer_file))
-    cfg_with_init = unimodal.warm_start(cfg, entries, tokenizer, log)  # seeds torch itself when it trains
-    torch.manual_seed(cfg.seed)
-    method = pipeline.build_method(cfg_with_init, tokenizer).to(device)
+    if built is not None:
+        tokenizer, method = built[0], built[1].to(device)
+        tokenizer.save(tokenizer_file)
+    else:
+        tokenizer = (TextTokenizer.load(tokenizer_file) if resume and tokenizer_file.is_file()
+                     else pipeline.build_tokenizer(cfg, entries, tokenizer_file))
+        method = build_model(cfg, entries, tokenizer, device, log)
     if distributed.is_main():
         record_pretrained_loads(pipeline.load_reports(method), run, log)
     trainer = Trainer(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device)
@@ -165,29 +182,29 @@ def _finished_training(run: RunDir, cfg: ExperimentConfig, trainer: Trainer, log
     return earlier if earlier.get("steps") == cfg.train.steps else None
 
 
-def evaluate_checkpoint(target: str, ann: list[str], image_root: str, eval_cfg: RetrievalEvalConfig,
-                        on_bad_record: str = "error", device: str = "auto") -> dict:
-    """Zero-shot retrieval of a trained model on any ALBEF-format retrieval file."""
-    torch_device = pipeline.resolve_device(device, key="--device")
-    cfg, method, tokenizer = pipeline.load_trained(target, torch_device)
+def evaluate_trained(cfg: ExperimentConfig, method: VLPMethod, tokenizer: TextTokenizer, ann: list[str] | None,
+                     image_root: str | None, eval_cfg: RetrievalEvalConfig, on_bad_record: str,
+                     device: torch.device) -> dict:
+    """Zero-shot retrieval of ``method``, trained with ``cfg``, on ALBEF-format retrieval files
+    ``ann`` (default: the run's own retrieval test split)."""
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_bad_record": on_bad_record})})
     skips = SkipReport()
-    source = AnnotationSource(ann=ann, image_root=image_root)
+    source = (AnnotationSource(ann=ann, image_root=image_root) if ann
+              else pipeline.data_sources(cfg)["retrieval_test"])
     dataset = pipeline.retrieval_dataset(pipeline.open_entries(source, cfg, skips, "pass --on-bad-record skip"), cfg)
-    results = evaluate_retrieval(method, dataset, tokenizer, eval_cfg, cfg.data.max_text_len, torch_device,
+    results = evaluate_retrieval(method.to(device), dataset, tokenizer, eval_cfg, cfg.data.max_text_len, device,
                                  cfg.method.has_contrastive_embedding())
     results["skipped_records"] = skips.as_dict()
     return results
 
 
-def gate_analysis(target: str, ann: list[str] | None, image_root: str, max_pairs: int, batch_size: int,
-                  device: str = "auto") -> dict:
-    """``analysis.matching_separation`` of a trained model on the first ``max_pairs`` records of
-    ``ann`` (default: the run's own pre-training data, whose noisy pairs the embedded dataset marks)."""
-    torch_device = pipeline.resolve_device(device, key="--device")
-    cfg, method, tokenizer = pipeline.load_trained(target, torch_device)
+def gate_analysis(cfg: ExperimentConfig, method: VLPMethod, tokenizer: TextTokenizer, ann: list[str] | None,
+                    image_root: str | None, max_pairs: int, batch_size: int, device: torch.device) -> dict:
+    """``analysis.matching_separation`` of ``method``, trained with ``cfg``, on the first ``max_pairs``
+    records of ``ann`` (default: the run's own pre-training data, whose noisy pairs the embedded
+    dataset marks)."""
     source = AnnotationSource(ann=ann, image_root=image_root) if ann else pipeline.data_sources(cfg)["pretrain"]
     entries = pipeline.open_entries(source, cfg, SkipReport(), "pass --on-bad-record skip")[:max_pairs]
-    result = matching_separation(method, entries, tokenizer, pipeline.image_size_of(cfg.model.vision),
-                                 cfg.data.max_text_len, batch_size, torch_device)
+    result = matching_separation(method.to(device), entries, tokenizer, pipeline.image_size_of(cfg.model.vision),
+                                 cfg.data.max_text_len, batch_size, device)
     return {"method": cfg.method.name, "annotations": source.ann_files, **result}

@@ -138,6 +138,22 @@ def write_plan(sweep: Sweep) -> None:
                                                           for r in sweep.runs]})
 
 
+def start_runs(sweep: Sweep, runs: list[SweepRun], wait: bool = True, log=print) -> list:
+    """Run ``runs`` with the sweep's ``launcher``: as Slurm jobs (waited for when ``wait``; the
+    submitted jobs are returned), ``launcher.jobs`` local processes at a time, or one after another here."""
+    write_plan(sweep)
+    if sweep.launcher.executor == "slurm":
+        jobs = submit_slurm(sweep, runs, log)
+        for job in jobs if wait else ():
+            job.wait()
+        return jobs
+    if sweep.launcher.jobs > 1:
+        run_local_jobs(sweep, runs, log)
+    else:
+        run_here(sweep, runs, log)
+    return []
+
+
 def run_here(sweep: Sweep, runs: list[SweepRun], log=print) -> None:
     """One run after another in this process; a failed run is recorded and the sweep goes on, a
     run another process is training is skipped, and a stop request (a signal) ends the sweep

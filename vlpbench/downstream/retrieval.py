@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from vlpbench.config import MatchingFinetuneConfig
 from vlpbench.data.datasets import ImageCaptions, RetrievalDataset, parse_image_captions
 from vlpbench.downstream.common import DownstreamTask, KeyedDataset, TaskBatch, TaskModel
-from vlpbench.evaluate import evaluate_retrieval
+from vlpbench.evaluation import evaluate_retrieval
 from vlpbench.losses import itm_pairs, multi_positive_contrastive_loss, sample_itm_negatives
 from vlpbench.method import Progress, VLPMethod
 

@@ -31,7 +31,7 @@ from vlpbench.downstream.nlvr2 import NLVR2Task
 from vlpbench.downstream.retrieval import RetrievalTask
 from vlpbench.downstream.snli_ve import SNLIVETask
 from vlpbench.downstream.vqa import VQATask
-from vlpbench.evaluate import eval_mode
+from vlpbench.evaluation import eval_mode
 from vlpbench.io import write_json, write_text
 from vlpbench.rundir import RunDir
 from vlpbench.train import StoppedBySignal, Trainer

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vlpbench.evaluate import (below_reranked, chance_metrics, contrastive_test_loss, rank_of_first_match,
+from vlpbench.evaluation import (below_reranked, chance_metrics, contrastive_test_loss, rank_of_first_match,
                                retrieval_metrics)
 
 
@@ -127,7 +127,7 @@ def index_tokenizer(texts, max_len):
 
 def test_k_test_all_ranks_every_candidate_by_itm():
     from vlpbench.config import RetrievalEvalConfig
-    from vlpbench.evaluate import evaluate_retrieval
+    from vlpbench.evaluation import evaluate_retrieval
 
     data = IndexDataset(num_images=6, captions_per_image=2)
     # ITM puts text t's image first for t even, second (after image i+1) for t odd
@@ -149,7 +149,7 @@ def test_k_test_all_ranks_every_candidate_by_itm():
 
 def test_max_images_evaluates_the_first_images_and_their_captions_only():
     from vlpbench.config import RetrievalEvalConfig
-    from vlpbench.evaluate import evaluate_retrieval
+    from vlpbench.evaluation import evaluate_retrieval
 
     data = IndexDataset(num_images=6, captions_per_image=2)
     table = torch.eye(6).repeat_interleave(2, dim=0)  # each text matches its own image only
@@ -196,7 +196,7 @@ def test_chance_mean_reciprocal_rank():
 
 def test_folds_are_disjoint_galleries_and_the_result_is_their_mean():
     from vlpbench.config import RetrievalEvalConfig
-    from vlpbench.evaluate import evaluate_retrieval
+    from vlpbench.evaluation import evaluate_retrieval
 
     data = IndexDataset(num_images=6, captions_per_image=2)
     table = torch.zeros(12, 6)
@@ -218,7 +218,7 @@ def test_folds_are_disjoint_galleries_and_the_result_is_their_mean():
 
 
 def test_pair_scorer_fuses_each_pair_once():
-    from vlpbench.evaluate import EncodedSplit, PairScorer
+    from vlpbench.evaluation import EncodedSplit, PairScorer
 
     data = IndexDataset(num_images=3, captions_per_image=2)
     table = torch.arange(18.0).view(6, 3)  # text t, image i -> 3t + i
@@ -236,7 +236,7 @@ def test_pair_scorer_fuses_each_pair_once():
 @pytest.mark.parametrize("name", ["albef", "lightvlp"])
 def test_pair_scores_cut_padding_without_changing_a_score(tiny_config, name):
     from vlpbench.config import config_from_dict
-    from vlpbench.evaluate import dataset_image_batches, encode_split, pair_scores
+    from vlpbench.evaluation import dataset_image_batches, encode_split, pair_scores
     from vlpbench.pipeline import build_method
     from vlpbench.zoo import train_wordpiece
 
