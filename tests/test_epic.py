@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import train_on_one_batch
 
-from methods.epic import sample_without_replacement
+from vlpbench.methods.epic import sample_without_replacement
 from vlpbench.config import ConfigError, config_from_dict
 from vlpbench.experiment import run_experiment
 from vlpbench.method import Batch, Progress
@@ -138,7 +138,7 @@ def test_epic_composes_with_vilta_too(tiny_config):
 
 
 def test_a_base_without_fused_text_states_is_refused_at_config_load(tiny_config, monkeypatch):
-    from methods.albef import ALBEF
+    from vlpbench.methods.albef import ALBEF
     from vlpbench.method import VLPMethod
     monkeypatch.setattr(ALBEF, "fuse", VLPMethod.fuse)  # a base method that lacks the interface
     with pytest.raises(ConfigError, match="method.base: 'albef' exposes no fused text token states"):

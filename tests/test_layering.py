@@ -18,6 +18,8 @@ ORCHESTRATION = {"vlpbench.pipeline", "vlpbench.experiment", "vlpbench.train", "
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[0] == "methods":  # installed as vlpbench.methods
+        parts = ("vlpbench", *parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -61,7 +63,7 @@ def test_no_module_imports_itself_through_others():
 
 def test_methods_import_only_the_method_interface_components_and_zoo():
     graph = import_graph()
-    for module in (m for m in graph if m.startswith("methods.")):
+    for module in (m for m in graph if m.startswith("vlpbench.methods.")):
         outside = sorted(t for t in graph[module] if not within(t, METHOD_API))
         assert not outside, f"{module} imports {outside}: a method composes the zoo and shared components only"
 

@@ -82,7 +82,7 @@ def test_a_share_of_hard_negatives_mixes_the_two_distributions():
 
 
 def test_hard_negative_share_ramps_linearly_over_the_warmup():
-    from methods.albef import ALBEFConfig
+    from vlpbench.methods.albef import ALBEFConfig
     ramp = ALBEFConfig(itm_hard_negative_warmup_steps=200)
     assert [ramp.hard_negative_share(step) for step in (0, 50, 200, 400)] == [0.0, 0.25, 1.0, 1.0]
     assert ALBEFConfig().hard_negative_share(0) == 1.0  # the papers: hard from the first step

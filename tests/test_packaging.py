@@ -7,14 +7,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_built_wheel_ships_methods_and_discovers_them(tmp_path):
+def test_built_wheel_ships_methods_under_vlpbench_and_discovers_them(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("vlpbench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "methods/albef.py" in names and "vlpbench/zoo/vision.py" in names
+    assert "vlpbench/methods/albef.py" in names and "vlpbench/zoo/vision.py" in names
+    assert not any(name.startswith("methods/") for name in names)  # no generic top-level package
     # import from the wheel alone (pure Python imports from a zip), away from the source tree
-    code = "import methods, vlpbench.registry as r; print(methods.__file__); print(r.available_methods())"
+    code = ("import vlpbench.methods as m, vlpbench.registry as r; print(m.__file__); "
+            "print(r.available_methods())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(wheel)}).stdout.splitlines()
     shipped = sorted(p.stem for p in (ROOT / "methods").glob("*.py") if p.stem != "__init__")  # one file per method

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import train_on_one_batch
 
-from methods.vilta import negative_word_distribution
+from vlpbench.methods.vilta import negative_word_distribution
 from vlpbench.config import ConfigError, config_from_dict
 from vlpbench.experiment import run_experiment
 from vlpbench.method import Batch, Progress

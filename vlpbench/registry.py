@@ -1,4 +1,4 @@
-"""The method registry: each file in ``methods/`` registers one method class by name.
+"""The method registry: each file in ``methods/`` (installed as ``vlpbench.methods``) registers one method class by name.
 
 Third-party packages can add methods through the ``vlpbench.methods`` entry-point group.
 """
@@ -25,7 +25,7 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    importlib.import_module("methods")
+    importlib.import_module("vlpbench.methods")
     for ep in entry_points(group="vlpbench.methods"):
         ep.load()
 

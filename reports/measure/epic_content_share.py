@@ -14,7 +14,7 @@ import json
 import torch
 from common import embedded_records
 
-from methods.epic import sample_without_replacement
+from vlpbench.methods.epic import sample_without_replacement
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.data.datasets import load_image
 from vlpbench.pipeline import load_trained
