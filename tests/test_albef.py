@@ -19,7 +19,7 @@ def batch(tok, n=4):
     return Batch(torch.randn(n, 3, 32, 32), ids, mask)
 
 
-PROGRESS = Progress(step=5, steps_per_epoch=10, total_steps=20)
+PROGRESS = Progress(step=5, steps_per_epoch=10)
 
 
 def test_full_albef_computes_all_losses_and_backpropagates(tiny_config):

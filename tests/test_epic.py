@@ -12,7 +12,7 @@ from vlpbench.pipeline import build_method
 from vlpbench.rundir import RunDir
 from vlpbench.zoo import TextTokenizer, train_wordpiece
 
-PROGRESS = Progress(step=5, steps_per_epoch=10, total_steps=20)
+PROGRESS = Progress(step=5, steps_per_epoch=10)
 CAPTIONS = ["a red circle on the left", "a big blue box at the top right", "there is a green star",
             "two shapes: a small white triangle and a yellow disk"]
 ALBEF = {"name": "albef", "embed_dim": 32, "queue_size": 16}

@@ -60,7 +60,7 @@ HOLD_CLAIM = "import sys, time; from vlpbench.rundir import RunDir\nwith RunDir(
 def test_a_run_another_process_trains_is_skipped_not_trained_twice(tiny_config, tmp_path, capsys):
     """Issue 20.2: a second copy of a sweep took run 2, and the first trained it again later."""
     sweep = load_sweep(sweep_file(tmp_path, tiny_config, {"seeds": [0, 1]}))
-    todo, _ = launch.plan(sweep)  # both runs planned while nobody holds them
+    todo = launch.plan(sweep).todo  # both runs planned while nobody holds them
     busy = sweep.run_dir(sweep.runs[1])
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(busy)], stdout=subprocess.PIPE, text=True)
     try:

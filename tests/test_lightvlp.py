@@ -14,7 +14,7 @@ from vlpbench.pipeline import build_method
 from vlpbench.rundir import RunDir
 from vlpbench.zoo import train_wordpiece
 
-PROGRESS = Progress(step=5, steps_per_epoch=10, total_steps=20)
+PROGRESS = Progress(step=5, steps_per_epoch=10)
 MINI = dict(name="lightvlp", embed_dim=32, queue_size=16, cross_layers=1, decoder_layers=1, decoder_width=32,
             decoder_heads=4)
 

@@ -12,7 +12,7 @@ from vlpbench.zoo.layers import TransformerBlock
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc")
 def test_keeping_freed_memory_applies_on_glibc():
-    # the effect is measured, not asserted (README "Speed and memory": page faults per step)
+    # the effect is measured, not asserted (docs/speed-and-memory.md: page faults per step)
     assert keep_freed_memory() is True
     release_free_memory()
 

@@ -13,7 +13,7 @@ from vlpbench.rundir import RunDir
 from vlpbench.wordroles import content_token_mask
 from vlpbench.zoo import train_wordpiece
 
-PROGRESS = Progress(step=5, steps_per_epoch=10, total_steps=20)
+PROGRESS = Progress(step=5, steps_per_epoch=10)
 CAPTIONS = ["a red circle on the left", "a big blue box at the top right", "there is a green star",
             "two shapes: a small white triangle and a yellow disk"]
 

@@ -106,11 +106,13 @@ def create_method(experiment: Experiment, overrides: Sequence[str] = (), **keys:
     """The method a run of ``experiment`` starts from, with its tokenizer and transform: the
     tokenizer the run would use (the configured one, or WordPiece trained on the pre-training
     captions, which are generated first for the embedded dataset), and the encoders warm-started
-    as the run would (``model.unimodal``, trained once and cached)."""
+    as the run would (``model.unimodal``, trained once and cached). A FLOP budget is resolved into
+    ``config.train.steps``."""
     from vlpbench import pipeline
+    from vlpbench.budget import apply_flop_budget
     from vlpbench.data.datasets import SkipReport
     from vlpbench.experiment import build_model
-    cfg = experiment_config(experiment, overrides, **keys)
+    cfg = apply_flop_budget(experiment_config(experiment, overrides, **keys), log=lambda _: None)
     device = pipeline.runtime_device(cfg.train)
     entries = pipeline.open_entries(pipeline.data_sources(cfg)["pretrain"], cfg, SkipReport())
     tokenizer = pipeline.make_tokenizer(cfg, entries)
@@ -186,7 +188,7 @@ def _run_sweep(path: Path, overrides: list[str], log) -> pd.DataFrame | None:
     sweep = load_sweep(path, overrides)
     if sweep is None:
         return None
-    todo, _ = launch.plan(sweep)
+    todo = launch.plan(sweep).todo
     launch.start_runs(sweep, todo, wait=True, log=log)
     write_sweep_summary(sweep)
     return results.load(sweep.directory)

@@ -68,7 +68,7 @@ class StepTimer:
 
     def _count_flops(self, batches: list) -> float:
         """Model FLOPs of one optimizer step: the mean over the fixed batches, times accumulation."""
-        progress = Progress(0, 1, self.cfg.train.steps)
+        progress = Progress(0, 1)
         per_batch = [count_step(self.method, b.to(self.device), progress, cross_check=False,
                                 seed=self.cfg.seed).per_sample(Convention()) * len(b) for b in batches]
         return statistics.mean(per_batch) * self.cfg.train.grad_accum_steps

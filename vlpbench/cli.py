@@ -75,14 +75,13 @@ def cmd_run(args) -> int:
     else:
         if not args.experiment:
             raise ConfigError("vlpbench run needs an experiment file (or --resume RUN_DIR)")
-        cfg = load_config(args.experiment, args.override)
-        if not args.dry_run:
-            cfg = apply_flop_budget(cfg)
+        cfg = apply_flop_budget(load_config(args.experiment, args.override))
         run = None
     check_stop_at(args.stop_at, cfg.train.steps, run)
     runtime_device(cfg.train)  # a device or precision this machine lacks fails here, before anything is built
     if args.dry_run:
-        print(f"{cfg.name}: one run (no sweep section), in a new directory under {Path(cfg.output_dir) / cfg.name}")
+        print(f"{cfg.name}: one run (no sweep section) of {cfg.train.steps} steps, in a new directory under "
+              f"{Path(cfg.output_dir) / cfg.name}")
         return 0
     run, results = train_run(cfg, run, stop_at=args.stop_at, log=print)  # torchrun: every process runs this
     if distributed.is_main():
@@ -95,8 +94,8 @@ def run_sweep(args, sweep) -> int:
     from vlpbench import launch
     from vlpbench.pipeline import runtime_device
     runtime_device(sweep.runs[0].config.train)
-    todo, states = launch.plan(sweep, rerun_failed=args.rerun == "failed")
-    print(format_plan(sweep, states))
+    todo, states, runs = launch.plan(sweep, rerun_failed=args.rerun == "failed")
+    print(format_plan(sweep, states, runs))
     print(f"to start: {len(todo)} of {len(sweep.runs)} runs "
           f"({', '.join(f'{n} {s}' for s, n in sorted(Counter(states.values()).items()))})")
     if args.dry_run:

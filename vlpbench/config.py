@@ -236,7 +236,7 @@ class DistilledContrastConfig(MomentumContrastConfig):
 
 
 class TrainConfig(StrictModel):
-    steps: int = Field(..., ge=1)
+    steps: int | None = Field(None, ge=1)  # optional with a flop_budget, which then sets it
     batch_size: int = Field(..., ge=2)
     grad_accum_steps: int = Field(1, ge=1)
     optimizer: Literal["adamw", "adafactor"] = "adamw"  # betas apply to AdamW only
@@ -264,6 +264,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _lr_order(self) -> "TrainConfig":
+        if self.steps is None and self.flop_budget is None:
+            raise ValueError("train.steps: required unless train.flop_budget is set")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self

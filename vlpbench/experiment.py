@@ -7,6 +7,7 @@ import traceback
 import torch
 
 from vlpbench import distributed, pipeline, unimodal
+from vlpbench.budget import compute_record
 from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences)
 from vlpbench.data.datasets import ImageCaptions, SkipReport
 from vlpbench.diagnostics import run_verdicts
@@ -36,6 +37,8 @@ def run_experiment(cfg: ExperimentConfig, run: RunDir, resume: bool = False, sto
     """
     if built is not None and resume:
         raise ValueError("a resumed run builds its method from its checkpoint; built= is for a new run")
+    if cfg.train.steps is None:
+        raise ValueError("train.flop_budget is not resolved into train.steps (budget.apply_flop_budget)")
     run.failed_file.unlink(missing_ok=True)
     try:
         return _run(cfg, run, resume, stop_at, log, built)
@@ -122,6 +125,8 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     results["train"]["processes"] = distributed.world_size()
     if not distributed.is_main():  # process 0 writes and evaluates
         return results
+    with torch.random.fork_rng(devices=[]):  # the count draws random weights; evaluation's draws stay the run's
+        results["compute"] = compute_record(cfg)
     # `pending`: what is still to run after training. The run is done when it is empty; a session
     # stopped before then is resumed, and runs it without training again.
     due = {"retrieval": retrieval is not None, "downstream": bool(cfg.downstream.tasks)}

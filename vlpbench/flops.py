@@ -363,6 +363,10 @@ def experiment_tokenizer(cfg: ExperimentConfig) -> TextTokenizer:
     return make_tokenizer(cfg, open_entries(source, cfg, SkipReport()))
 
 
+# deep into a long run: every warm-up ramp (distillation weight, hard-negative share) is over
+MID_RUN = Progress(step=10**6, steps_per_epoch=10**5)
+
+
 def count_experiment(cfg: ExperimentConfig, batch_size: int, text_length: int | None = None,
                      cross_check: bool = True, vocab_heads_on_all_tokens: bool = False) -> StepFlops:
     """One step of the experiment's method at its image size and text length, random weights and
@@ -373,8 +377,7 @@ def count_experiment(cfg: ExperimentConfig, batch_size: int, text_length: int | 
     method = build_method(cfg, tokenizer)
     batch = synthetic_batch(batch_size, image_size_of(cfg.model.vision), text_length or cfg.data.max_text_len,
                             tokenizer.vocab_size, max(tokenizer.special_ids) + 1)
-    progress = Progress(step=cfg.train.steps // 2, steps_per_epoch=max(cfg.train.steps // 10, 1),
-                        total_steps=cfg.train.steps)  # mid-run: warm-up ramps (distillation weight) are over
+    progress = MID_RUN  # the count is the same for every train.steps, so a budget can be counted before it has any
     result = count_step(method, batch, progress, cross_check, cfg.seed)
     if vocab_heads_on_all_tokens:
         price_vocab_heads_on_all_tokens(result, method, batch.input_ids.shape[1])

@@ -10,28 +10,32 @@ anything runs, finished runs included, naming each run and the keys that differ.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 from vlpbench import distributed
-from vlpbench.budget import apply_flop_budget
+from vlpbench.budget import apply_flop_budget, with_steps
 from vlpbench.config import ConfigError, config_differences, config_from_dict
+from vlpbench.errors import UserError
 from vlpbench.experiment import EvaluationError, run_experiment
 from vlpbench.io import read_json, write_json
 from vlpbench.pipeline import runtime_device
 from vlpbench.rundir import RunBusyError, RunDir
-from vlpbench.runs import is_done, run_state
+from vlpbench.runs import is_done, read_run_config, run_state
 from vlpbench.sweep import Sweep, SweepRun
 from vlpbench.train import clear_stop, request_stop, stop_requested
 
 def execute(config: dict, run_dir: str) -> dict:
     """Run (or continue) one run of a sweep in this process, under the run's claim, and return
-    its results (``RunBusyError`` if another process holds the claim).
+    its results (``RunBusyError`` if another process holds the claim). ``config`` comes from
+    ``plan``, which has turned its FLOP budget, if any, into steps.
 
     A finished run returns its results untouched; a run directory from an earlier attempt is
     resumed from its latest checkpoint, and must hold the same resolved config.
@@ -53,7 +57,9 @@ def execute(config: dict, run_dir: str) -> dict:
 
 
 def _open_run(config: dict, run_dir: Path) -> tuple[RunDir, object]:
-    cfg = apply_flop_budget(config_from_dict(config, source=f"{run_dir} (sweep run)"))
+    cfg = config_from_dict(config, source=f"{run_dir} (sweep run)")
+    if cfg.train.steps is None:  # the plan could not count it (resolve_budget)
+        cfg = apply_flop_budget(cfg)
     if not (run_dir / "config.yaml").is_file():
         return RunDir.create(cfg, run_id=run_dir.name), cfg
     differences = recorded_differences(run_dir, cfg)
@@ -72,14 +78,35 @@ def recorded_differences(run_dir: Path, cfg) -> list[str]:
     return config_differences(recorded if isinstance(recorded, dict) else {}, cfg.model_dump(mode="json"))
 
 
-def check_recorded_configs(sweep: Sweep) -> None:
+def resolve_budget(sweep: Sweep, run: SweepRun) -> SweepRun:
+    """``run`` with its ``train.flop_budget`` turned into steps: those its run directory recorded
+    under the same budget (a started run continues as it began, whatever a recount gives now), or
+    counted (once per configuration). A new run whose count needs what does not exist yet (EPIC's
+    saliency teacher) is left unresolved: it is counted when it starts, and fails there if it must."""
+    cfg = run.config
+    if cfg.train.flop_budget is None:
+        return run
+    run_dir = sweep.run_dir(run)
+    try:
+        recorded = read_run_config(run_dir).get("train", {}) if (run_dir / "config.yaml").is_file() else {}
+    except ConfigError:  # check_recorded_configs names the unreadable file
+        recorded = {}
+    if recorded.get("flop_budget") == cfg.train.flop_budget and isinstance(recorded.get("steps"), int):
+        return dataclasses.replace(run, config=with_steps(cfg, recorded["steps"]))
+    try:
+        return dataclasses.replace(run, config=apply_flop_budget(cfg, log=lambda _: None))
+    except (UserError, OSError):  # raised again, and recorded, when the run starts
+        return dataclasses.replace(run, config=with_steps(cfg, None))
+
+
+def check_recorded_configs(sweep: Sweep, runs: list[SweepRun]) -> None:
     """Refuse a sweep whose existing run directories (finished or not) hold another config than
     the sweep now resolves for them: their results would be reported under the wrong settings."""
     clashes = []
-    for run in sweep.runs:
+    for run in runs:
         run_dir = sweep.run_dir(run)
         if (run_dir / "config.yaml").is_file():
-            differences = recorded_differences(run_dir, apply_flop_budget(run.config, log=lambda _: None))
+            differences = recorded_differences(run_dir, run.config)
             if differences:
                 clashes.append(f"  {run.run_id} ({run_state(run_dir)['state']}): " + "; ".join(differences[:5]))
     if clashes:
@@ -121,13 +148,20 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.config, self.run_dir, self.threads))
 
 
-def plan(sweep: Sweep, rerun_failed: bool = False) -> tuple[list[SweepRun], dict[str, str]]:
-    """The runs to start now, and every run's state: done, running and pending runs are left
-    alone; failed runs wait for ``--rerun failed``, which then starts only them."""
-    check_recorded_configs(sweep)
-    states = {run.run_id: run_state(sweep.run_dir(run))["state"] for run in sweep.runs}
+class Plan(NamedTuple):
+    todo: list[SweepRun]     # the runs to start now
+    states: dict[str, str]   # every run's state, by run id
+    runs: list[SweepRun]     # every run, its FLOP budget resolved
+
+
+def plan(sweep: Sweep, rerun_failed: bool = False) -> Plan:
+    """The runs to start now, their FLOP budgets resolved, and every run's state: done, running and
+    pending runs are left alone; failed runs wait for ``--rerun failed``, which then starts only them."""
+    runs = [resolve_budget(sweep, run) for run in sweep.runs]
+    check_recorded_configs(sweep, runs)
+    states = {run.run_id: run_state(sweep.run_dir(run))["state"] for run in runs}
     wanted = {"failed"} if rerun_failed else {"new", "resumable"}
-    return [run for run in sweep.runs if states[run.run_id] in wanted], states
+    return Plan([run for run in runs if states[run.run_id] in wanted], states, runs)
 
 
 def write_plan(sweep: Sweep) -> None:

@@ -54,7 +54,6 @@ class FusionStream:
 class Progress:
     step: int             # optimizer steps completed before this one
     steps_per_epoch: int
-    total_steps: int
 
 
 class VLPMethod(nn.Module, abc.ABC):

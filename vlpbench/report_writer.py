@@ -121,13 +121,12 @@ def measured_text(mean: float, interval: tuple[float, float], n: int) -> str:
 
 def configuration_flops(cells: list[Cell]) -> dict[str, float]:
     """Training GFLOPs per sample (forward + backward, attention included) of each configuration,
-    counted once per configuration on random weights (``vlpbench flops``)."""
-    from vlpbench.flops import Convention, count_experiment
+    as its finished runs recorded them (``results.json`` ``compute``; NaN where none did)."""
     out = {}
     for cell in cells:
-        config = cell.runs[0].config
-        out[json.dumps(cell.keys, sort_keys=True)] = count_experiment(config, 2, cross_check=False).per_sample(
-            Convention()) / 1e9
+        recorded = [r.metric("compute.gflops_per_sample") for r in cell.done]
+        values = [v for v in recorded if v is not None]
+        out[json.dumps(cell.keys, sort_keys=True)] = sum(values) / len(values) if values else math.nan
     return out
 
 

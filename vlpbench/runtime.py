@@ -1,6 +1,6 @@
 """Process-level speed settings of a training run: the CPU allocator and compiled blocks.
 
-Both are measured by ``vlpbench bench`` (README, "Where a CPU step's time goes"), not assumed.
+Both are measured by ``vlpbench bench`` (docs/speed-and-memory.md), not assumed.
 """
 
 from __future__ import annotations

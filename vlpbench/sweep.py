@@ -207,16 +207,20 @@ def load_sweep(path: str | Path, overrides: list[str] = (), seeds: list[int] | N
     return Sweep(path, tuple(overrides), first.name, Path(first.output_dir) / first.name, runs, launcher)
 
 
-def format_plan(sweep: Sweep, states: dict[str, str] | None = None) -> str:
-    """What ``--dry-run`` prints: each run's id, overrides and (if known) what running it would do."""
+def format_plan(sweep: Sweep, states: dict[str, str] | None = None, runs: list[SweepRun] | None = None) -> str:
+    """What ``--dry-run`` prints: each run's id, overrides, steps and (if known) what running it
+    would do. ``runs``: the sweep's runs with their FLOP budgets resolved (``launch.plan``)."""
     lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs in {sweep.directory}",
              f"executor: {describe_launcher(sweep.launcher)}"]
     if sweep.overrides:
         lines.append("every run: " + " ".join(f"-o {o}" for o in sweep.overrides))
     width = max(len(r.run_id) for r in sweep.runs)
-    for run in sweep.runs:
+    for run in runs or sweep.runs:
         state = f"  [{states[run.run_id]}]" if states else ""
-        lines.append(f"  {run.run_id:<{width}}  {' '.join(run.overrides)}{state}")
+        steps = run.config.train.steps
+        budget = "" if run.config.train.flop_budget is None else (
+            f"  ({steps} steps)" if steps else "  (steps counted when it starts)")
+        lines.append(f"  {run.run_id:<{width}}  {' '.join(run.overrides)}{budget}{state}")
     return "\n".join(lines)
 
 

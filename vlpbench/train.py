@@ -211,7 +211,7 @@ class Trainer:
         base = step_seed(self.cfg.seed, step) + distributed.rank()  # other masks per process
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, t)
-        progress = Progress(step, self.steps_per_epoch, t.steps)
+        progress = Progress(step, self.steps_per_epoch)
         logged = defaultdict(float)  # a float 0 becomes a tensor on the first addition
         for micro in range(t.grad_accum_steps):
             # each micro-batch its own draws; each purpose a stream of this seed (vlpbench.streams)

@@ -44,7 +44,7 @@ def itm_losses(name: str, lr: float, steps: int) -> list[float]:
     optimizer = torch.optim.AdamW(method.parameters(), lr=lr)
     losses = []
     for step in range(steps):
-        out = method(batch, Progress(step, 10, steps))
+        out = method(batch, Progress(step, 10))
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
