@@ -27,13 +27,14 @@ Full (+``distill_mlm``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vlpbench.config import DistilledContrastConfig
+from vlpbench.config import Capabilities, DistilledContrastConfig
 from vlpbench.losses import false_negative_count, itm_pairs, mlm_loss, sample_itm_negatives
 from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
@@ -52,17 +53,19 @@ class ALBEFConfig(DistilledContrastConfig):
     distill_itc: bool = True
     distill_mlm: bool = True
 
-    def single_stream_fusion(self) -> bool:
-        return True
+    declared = Capabilities(single_stream=True, saliency=True)
 
-    def check(self, experiment) -> list[str]:
-        problems = super().check(experiment)
+    def capabilities(self) -> Capabilities:
+        return dataclasses.replace(self.declared, contrastive_embedding=self.itc)
+
+    def check(self, experiment, at: str = "method") -> list[str]:
+        problems = super().check(experiment, at)
         if self.distill_itc and not self.itc:
-            problems.append("method.distill_itc: needs method.itc: true")
+            problems.append(f"{at}.distill_itc: needs {at}.itc: true")
         if self.itm_hard_negatives and not self.itc:
-            problems.append("method.itm_hard_negatives: hard negatives come from ITC similarities; needs method.itc: true")
+            problems.append(f"{at}.itm_hard_negatives: hard negatives come from ITC similarities; needs {at}.itc: true")
         if self.mlm_mask_fraction + self.mlm_random_fraction > 1.0:
-            problems.append("method.mlm_mask_fraction + method.mlm_random_fraction: must not exceed 1")
+            problems.append(f"{at}.mlm_mask_fraction + {at}.mlm_random_fraction: must not exceed 1")
         return problems
 
 

@@ -22,6 +22,7 @@ The corrupted text is fused by the base method's ``fuse``; images are encoded on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
-from vlpbench.config import ConfigError, MethodConfig
+from vlpbench.config import Capabilities, ConfigError, MethodConfig
 from vlpbench.method import Batch, FusedPair, FusionStream, Progress, VLPMethod
 from vlpbench.registry import get_method, register_method
 from vlpbench.streams import init_part, stream
@@ -75,27 +76,24 @@ class EPICConfig(MethodConfig):
         except ValidationError as exc:  # one message naming the base's keys (its schema is not EPIC's)
             raise ValueError("; ".join(_describe(e, sorted(config_class.model_fields)) for e in exc.errors())) from None
 
-    def has_contrastive_embedding(self) -> bool:
-        return self.base.has_contrastive_embedding()
-
-    def single_stream_fusion(self) -> bool:
-        return self.base.single_stream_fusion()
+    def capabilities(self) -> Capabilities:
+        """The base method's, which EPIC's evaluation interface passes through; EPIC is no saliency teacher."""
+        return dataclasses.replace(self.base.capabilities(), saliency=False)
 
     def trained_models(self) -> dict[str, str]:
         return {"saliency_teacher": self.saliency_teacher} if self.masking == "saliency" else {}
 
-    def check(self, experiment) -> list[str]:
-        problems = [p.replace("method.", "method.base.", 1) if p.startswith("method.") else p
-                    for p in self.base.check(experiment)]
+    def check(self, experiment, at: str = "method") -> list[str]:
+        problems = self.base.check(experiment, f"{at}.base")
         text, unimodal = experiment.model.text, experiment.model.unimodal
         if self.masking == "saliency" and not self.saliency_teacher:
-            problems.append("method.saliency_teacher: saliency masking needs a pre-trained vision-language model "
+            problems.append(f"{at}.saliency_teacher: saliency masking needs a pre-trained vision-language model "
                             "(a checkpoint, run directory or experiment output folder); or set masking: random")
-        if get_method(self.base.name).fuse is VLPMethod.fuse:
-            problems.append(f"method.base: {self.base.name!r} exposes no fused text token states (fuse), "
+        if not self.base.capabilities().fusion:
+            problems.append(f"{at}.base: {self.base.name!r} exposes no fused text token states (fuse), "
                             "which token consistency reads")
         if self.replacement == "lm" and not (text.pretrained or unimodal.text_steps):
-            problems.append("method.replacement: the generator starts from the pre-trained language model; set "
+            problems.append(f"{at}.replacement: the generator starts from the pre-trained language model; set "
                             "model.text.pretrained or model.unimodal.text_steps (or replacement: random)")
         return problems
 
@@ -121,7 +119,7 @@ class EPIC(VLPMethod):
         moved by ``.to()`` with the student."""
         teacher, teacher_tokenizer = trained["saliency_teacher"]
         path = self.config.saliency_teacher
-        if type(teacher).token_saliency is VLPMethod.token_saliency:
+        if not teacher.config.capabilities().saliency:
             raise ConfigError(f"method.saliency_teacher: {path} is a {teacher.name!r} model, which defines no "
                               "image-token saliency (token_saliency); use a run of a method that does")
         if teacher_tokenizer.fingerprint() != self.tokenizer.fingerprint():
@@ -145,7 +143,7 @@ class EPIC(VLPMethod):
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
         return self.base.match_score(text_states, attention_mask, image_states)
 
-    def match_probability(self, scores: torch.Tensor) -> torch.Tensor | None:
+    def match_probability(self, scores: torch.Tensor) -> torch.Tensor:
         return self.base.match_probability(scores)
 
     def match_logits(self, text_states, attention_mask, image_states) -> torch.Tensor:

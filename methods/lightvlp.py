@@ -25,6 +25,7 @@ Choices the paper leaves open (each a config key where it matters):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlpbench.config import MomentumContrastConfig, divisibility_problem
+from vlpbench.config import Capabilities, MomentumContrastConfig, divisibility_problem
 from vlpbench.losses import false_negative_count, itm_pairs, masked_patch_mse, patchify, sample_itm_negatives
 from vlpbench.masking import PatchMask, TokenMask, random_patch_masking, random_token_masking
 from vlpbench.method import Batch, FusedPair, MomentumContrast, Progress, VLPMethod
@@ -63,15 +64,24 @@ class LightVLPConfig(MomentumContrastConfig):
     itc: bool = True
     itm: bool = True
 
+    declared = Capabilities(saliency=True, gate=True)
+
+    def capabilities(self) -> Capabilities:
+        # (with itm: false the gate's head still scores pairs, untrained, as the ablation row asks)
+        return dataclasses.replace(self.declared, contrastive_embedding=self.itc)
+
+    def itm_positive_fraction(self) -> float | None:
+        return 1 / 3 if self.itm else None
+
     def cross_attention_layers(self, experiment) -> int:
         return self.cross_layers
 
-    def check(self, experiment) -> list[str]:
-        problems = super().check(experiment)
-        problems += divisibility_problem("method.decoder_width", self.decoder_width, "method.decoder_heads",
+    def check(self, experiment, at: str = "method") -> list[str]:
+        problems = super().check(experiment, at)
+        problems += divisibility_problem(f"{at}.decoder_width", self.decoder_width, f"{at}.decoder_heads",
                                          self.decoder_heads)
         if not (self.mir or self.mtr or self.itc or self.itm):
-            problems.append("method: every objective (mir, mtr, itc, itm) is off")
+            problems.append(f"{at}: every objective (mir, mtr, itc, itm) is off")
         return problems
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vlpbench.config import MethodConfig
+from vlpbench.config import Capabilities, MethodConfig
 from vlpbench.losses import sample_itm_negatives
 from vlpbench.masking import mask_tokens_for_mlm
 from vlpbench.method import Batch, FusedPair, Progress, VLPMethod
@@ -77,24 +77,24 @@ class ViLTAConfig(MethodConfig):
             return None
         return 1 / 3 if self.random_image_negatives else 1 / 2
 
-    def has_contrastive_embedding(self) -> bool:
-        return False
+    # with itm: false the matching head still scores pairs, untrained (Table 4's MLM row: chance)
+    declared = Capabilities(contrastive_embedding=False, saliency=True)
 
     def uses_teacher(self) -> bool:
         return self.cross_distill or (self.itm and self.negatives != "in_batch")
 
-    def check(self, experiment) -> list[str]:
-        problems = super().check(experiment)
+    def check(self, experiment, at: str = "method") -> list[str]:
+        problems = super().check(experiment, at)
         text, unimodal = experiment.model.text, experiment.model.unimodal
         if self.uses_teacher() and not (text.pretrained or unimodal.text_steps):
-            problems.append("method: cross-distillation and synthetic negatives need a pre-trained language model as "
+            problems.append(f"{at}: cross-distillation and synthetic negatives need a pre-trained language model as "
                             "teacher; set model.text.pretrained or model.unimodal.text_steps (a random teacher is "
                             "not a teacher)")
         if self.content_words == "embedded" and experiment.data.pretrain is not None:
-            problems.append("method.content_words: 'embedded' is the embedded generator's lexicon; with "
+            problems.append(f"{at}.content_words: 'embedded' is the embedded generator's lexicon; with "
                             "data.pretrain set, use 'pos'")
         if self.mlm_mask_fraction + self.mlm_random_fraction > 1.0:
-            problems.append("method.mlm_mask_fraction + method.mlm_random_fraction: must not exceed 1")
+            problems.append(f"{at}.mlm_mask_fraction + {at}.mlm_random_fraction: must not exceed 1")
         return problems
 
 
@@ -164,12 +164,6 @@ class ViLTA(VLPMethod):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text.encode_text_only(input_ids, attention_mask)
-
-    def image_embedding(self, image: VisionOutput) -> torch.Tensor:
-        return F.normalize(image.cls, dim=-1)  # unused for ranking (no ITC); evaluation reports no ITC result
-
-    def text_embedding(self, text_states: torch.Tensor) -> torch.Tensor:
-        return F.normalize(text_states[:, 0], dim=-1)
 
     def match_score(self, text_states, attention_mask, image_states) -> torch.Tensor:
         return self.itm_logits(text_states, attention_mask, image_states)[:, 1]

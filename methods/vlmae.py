@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vlpbench.config import DistilledContrastConfig, divisibility_problem
+from vlpbench.config import Capabilities, DistilledContrastConfig, divisibility_problem
 from vlpbench.losses import false_negative_count, itm_pairs, masked_patch_mse, mlm_loss, patchify, sample_itm_negatives
 from vlpbench.masking import PatchMask, mask_tokens_for_mlm, patch_region, random_patch_masking
 from vlpbench.method import Batch, FusionEncoderMatching, Progress, VLPMethod
@@ -57,12 +57,11 @@ class VLMAEConfig(DistilledContrastConfig):
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     distill_mlm: bool = False
 
-    def single_stream_fusion(self) -> bool:
-        return True
+    declared = Capabilities(single_stream=True, saliency=True)
 
-    def check(self, experiment) -> list[str]:
-        problems = super().check(experiment)
-        return problems + divisibility_problem("method.decoder_width", self.decoder_width, "method.decoder_heads",
+    def check(self, experiment, at: str = "method") -> list[str]:
+        problems = super().check(experiment, at)
+        return problems + divisibility_problem(f"{at}.decoder_width", self.decoder_width, f"{at}.decoder_heads",
                                                self.decoder_heads)
 
 

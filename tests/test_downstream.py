@@ -30,13 +30,13 @@ METHODS = {name: tiny_method(name) for name in REGISTERED_METHODS}
 def downstream_config(tiny_config, method: str, tasks=ALL_TASKS, **task_overrides) -> dict:
     cfg = {**tiny_config, "method": METHODS[method]}
     method_config = get_method(method).config_class(**METHODS[method])
-    if not method_config.has_contrastive_embedding():
+    if not method_config.capabilities().contrastive_embedding:
         cfg["eval"] = {"retrieval": {"k_test": "all", "batch_size": 8}}
     task = {"train": {"steps": 2, "batch_size": 4, "lr": 1e-4, "log_every": 1}, "data": {"max_test_records": 6},
             "eval_batch_size": 4}
     cfg["downstream"] = {"tasks": tasks, **{t: dict(task) for t in ALL_TASKS}}
     cfg["downstream"]["grounding"]["gradcam_layer"] = 0
-    if not method_config.single_stream_fusion():  # NLVR2's replicated design needs ALBEF's single stream
+    if not method_config.capabilities().single_stream:  # NLVR2's replicated design needs ALBEF's single stream
         cfg["downstream"]["nlvr2"]["design"] = "pair"
     for key, value in task_overrides.items():
         cfg["downstream"][key] = {**cfg["downstream"][key], **value}

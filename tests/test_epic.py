@@ -130,7 +130,7 @@ def test_epic_runs_through_the_shared_pipeline(tiny_config):
 def test_epic_composes_with_vilta_too(tiny_config):
     tiny_config["eval"]["retrieval"] = {"k_test": "all"}
     method, tok, cfg = make(tiny_config, base={"name": "vilta", "fusion_layers": 1})
-    assert not cfg.method.has_contrastive_embedding()
+    assert not cfg.method.capabilities().contrastive_embedding
     out = method(batch(tok), PROGRESS)
     assert {"loss_mlm", "loss_itm", "loss_consistency", "loss_gen"} <= set(out)
     out["loss"].backward()
@@ -138,8 +138,8 @@ def test_epic_composes_with_vilta_too(tiny_config):
 
 
 def test_a_base_without_fused_text_states_is_refused_at_config_load(tiny_config, monkeypatch):
-    from vlpbench.methods.albef import ALBEF
-    from vlpbench.method import VLPMethod
-    monkeypatch.setattr(ALBEF, "fuse", VLPMethod.fuse)  # a base method that lacks the interface
+    from vlpbench.config import Capabilities
+    from vlpbench.methods.albef import ALBEFConfig
+    monkeypatch.setattr(ALBEFConfig, "declared", Capabilities(fusion=False))  # a base that declares no fusion
     with pytest.raises(ConfigError, match="method.base: 'albef' exposes no fused text token states"):
         make(tiny_config)

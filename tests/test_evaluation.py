@@ -1,8 +1,10 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from vlpbench.config import Capabilities
 from vlpbench.evaluation import (below_reranked, chance_metrics, contrastive_test_loss, rank_of_first_match,
                                retrieval_metrics)
 
@@ -68,6 +70,7 @@ class TableMethod:
     embedding ranks every pair the same (all features equal): only the ITM ranking can succeed."""
 
     training = False
+    config = SimpleNamespace(capabilities=Capabilities)  # every capability a retrieval evaluation reads
 
     def __init__(self, table):
         self.table, self.calls = table, 0

@@ -42,7 +42,7 @@ def test_mini_experiments_change_only_the_method(path):
     raw = {**base, "name": cfg.name, "method": read_yaml_with_base(path)["method"]}
     raw["downstream"] = {**raw["downstream"], "tasks": cfg.downstream.tasks}  # which tasks follow pre-training
     if cfg.eval.retrieval.k_test == "all":  # allowed (on a subset) for methods without a contrastive embedding only
-        assert not cfg.method.has_contrastive_embedding()
+        assert not cfg.method.capabilities().contrastive_embedding
         protocol = {"k_test": "all", "max_images": cfg.eval.retrieval.max_images, "fold_images": None}
         raw["eval"] = {**raw["eval"], "retrieval": {**raw["eval"]["retrieval"], **protocol}}
     assert cfg == config_from_dict(raw), "a mini experiment may set only name, method and downstream.tasks; the rest is mini_base.yaml's"

@@ -5,7 +5,7 @@ the decoders read cross-modal states only where the text describes the image (th
 Fig. 4). The embedded dataset marks its noisy pre-training pairs (``noise``: a mismatched caption,
 or one with a wrong colour), which makes the separation measurable: the ROC AUC of the score
 between clean and noisy pairs. Every method has an ITM score, so the AUC compares methods too;
-the distribution of p is reported for methods whose score is a gate (``match_probability``).
+the distribution of p is reported for methods whose score is a gate (``Capabilities.gate``).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def matching_separation(method: VLPMethod, entries: list[ImageCaptions], tokeniz
     auc = {f"clean_vs_{kind}": roc_auc(clean, values) for kind, values in groups.items() if kind != CLEAN}
     auc["clean_vs_noisy"] = roc_auc(clean, torch.cat(noisy)) if noisy else float("nan")
     result = {"num_pairs": {kind: len(v) for kind, v in groups.items()}, "auc": auc}
-    probability = method.match_probability(scores)
-    if probability is not None:
+    if method.config.capabilities().gate:
+        probability = method.match_probability(scores)
         by_kind = {kind: probability[[k == kind for k in kinds]] for kind in groups}
         result["p"] = {kind: quantiles(values) for kind, values in by_kind.items()}
         if keep_values:

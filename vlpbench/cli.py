@@ -34,14 +34,10 @@ def format_retrieval_table(rows: dict[str, dict]) -> str:
 
 
 def retrieval_rows(results: dict) -> dict[str, dict]:
-    rows = {}
-    if "retrieval_untrained" in results:
-        rows["untrained, ITM ranking"] = results["retrieval_untrained"]["itm"]
-    if results["retrieval"]["itc"] is not None:
-        rows["trained, ITC only"] = results["retrieval"]["itc"]
-    rows["trained, ITM ranking"] = results["retrieval"]["itm"]
-    rows["chance"] = results["retrieval"]["chance"]
-    return rows
+    untrained, trained = results.get("retrieval_untrained", {}), results["retrieval"]
+    rows = {"untrained, ITM ranking": untrained.get("itm"), "trained, ITC only": trained["itc"],
+            "trained, ITM ranking": trained["itm"], "chance": trained["chance"]}
+    return {label: metrics for label, metrics in rows.items() if metrics is not None}
 
 
 def cmd_run(args) -> int:

@@ -6,6 +6,7 @@ validated against the config class the named method registers, so each method ow
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -127,21 +128,38 @@ def divisibility_problem(key: str, value: int, by_key: str, by: int) -> list[str
     return [f"{key}: {value} is not divisible by {by_key} {by}"] if value % by else []
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a method, as configured, offers the pipeline: declared by the method, not probed. The
+    config checks, the retrieval evaluation, EPIC and the downstream tasks read it."""
+    contrastive_embedding: bool = True  # image_embedding / text_embedding: ITC retrieval and its candidates
+    matching: bool = True               # match_score: ITM re-ranking, matching diagnostics, vlpbench gate
+    fusion: bool = True                 # fuse, fused_width, match_logits: what every downstream task reads
+    single_stream: bool = False         # one text stream cross-attending to the image (NLVR2's replicated design)
+    saliency: bool = False              # token_saliency: the method can be EPIC's saliency teacher
+    gate: bool = False                  # match_score is the logit of a gate probability (match_probability)
+
+    def describe(self) -> str:
+        return ", ".join(f.name for f in dataclasses.fields(self) if getattr(self, f.name)) or "none"
+
+
 class MethodConfig(StrictModel):
     """Base of every method's config; a method adds its own keys in its own file."""
     # the method's keys for a seconds-long run on the tests' tiny model (tests/conftest.py): the
     # registry-wide tests build, train and evaluate every registered method from it (timm's pattern)
     tiny: ClassVar[dict[str, Any]] = {}
+    # what the method can offer at all; ``capabilities`` removes what a configuration switches off
+    declared: ClassVar[Capabilities] = Capabilities()
     name: str
     # in-batch pairs that match each other (the same image, an identical caption): "exclude" never
     # samples them as ITM negatives and makes them ITC positives; "keep" treats them as negatives,
     # as the authors' code does (a plug-in such as EPIC follows its base method's setting)
     false_negatives: Literal["exclude", "keep"] = "exclude"
 
-    def has_contrastive_embedding(self) -> bool:
-        """Whether the method trains an image-text contrastive embedding (ITC); without one,
-        retrieval ranks every pair by ITM and reports no ITC-only result."""
-        return getattr(self, "itc", True)
+    def capabilities(self) -> Capabilities:
+        """The declared capabilities less those this configuration's switches turn off (ALBEF Table 1's
+        row 1 trains no ITC embedding: ``itc: false``)."""
+        return self.declared
 
     def trained_models(self) -> dict[str, str]:
         """The trained runs the method reads, by config key (a checkpoint, a run directory or an
@@ -149,15 +167,10 @@ class MethodConfig(StrictModel):
         and hands them to the method's ``attach_trained``, so a method never loads runs itself."""
         return {}
 
-    def single_stream_fusion(self) -> bool:
-        """Whether the method fuses as one text stream through blocks that cross-attend to the image
-        (ALBEF's multimodal encoder), which NLVR2's replicated design needs."""
-        return False
-
     def itm_positive_fraction(self) -> float | None:
-        """The share of positives among the ITM pairs the method trains on (None: no ITM head):
-        B positives and 2B negatives by default (ALBEF Sec. 3.2)."""
-        return 1 / 3 if getattr(self, "itm", True) else None
+        """The share of positives among the ITM pairs the method trains on (None: it trains no ITM
+        head): B positives and 2B negatives by default (ALBEF Sec. 3.2)."""
+        return 1 / 3 if self.capabilities().matching else None
 
     def cross_attention_layers(self, experiment: "ExperimentConfig") -> int:
         """How many text-to-image cross-attention layers the method builds (``fusion_blocks``):
@@ -166,20 +179,25 @@ class MethodConfig(StrictModel):
 
     def downstream_problems(self, downstream: "DownstreamConfig") -> list[str]:
         """Tasks this method cannot run as configured, as ``"key.path: message"`` strings."""
-        problems = []
-        if "nlvr2" in downstream.tasks and downstream.nlvr2.design == "replicated" and not self.single_stream_fusion():
-            problems.append(f"downstream.nlvr2.design: 'replicated' (ALBEF's two blocks per fusion layer) needs a "
-                            f"single-stream fusion, and {self.name!r} fuses with two streams; use design: pair")
-        from vlpbench.registry import get_method
-        if downstream.tasks and not get_method(self.name).has_fusion():
-            problems.append(f"downstream.tasks: {self.name!r} exposes no fused image-text states (fuse), which "
-                            "every downstream pipeline reads")
-        return problems
+        can = self.capabilities()
+        if downstream.tasks and not can.fusion:
+            return [f"downstream.tasks: {self.name!r} exposes no fused image-text states (its capabilities: "
+                    f"{can.describe()}), which every downstream pipeline reads"]
+        if "nlvr2" in downstream.tasks and downstream.nlvr2.design == "replicated" and not can.single_stream:
+            return [f"downstream.nlvr2.design: 'replicated' (ALBEF's two blocks per fusion layer) needs a "
+                    f"single-stream fusion, and {self.name!r} fuses with two streams; use design: pair"]
+        return []
 
-    def check(self, experiment: "ExperimentConfig") -> list[str]:
-        """Cross-section problems as ``"key.path: message"`` strings; a method adds its own to these."""
-        retrieval = experiment.eval.retrieval
-        if not self.has_contrastive_embedding() and retrieval.enabled and retrieval.k_test != "all":
+    def check(self, experiment: "ExperimentConfig", at: str = "method") -> list[str]:
+        """Cross-section problems as ``"key.path: message"`` strings, this section's keys under ``at``
+        (a plug-in checks its base method at ``method.base``); a method adds its own to these."""
+        retrieval, can = experiment.eval.retrieval, self.capabilities()
+        if not retrieval.enabled:
+            return []
+        if not (can.contrastive_embedding or can.matching):
+            return [f"eval.retrieval.enabled: {self.name!r} as configured has neither a contrastive embedding nor "
+                    "a matching score to rank by; set it to false"]
+        if not can.contrastive_embedding and retrieval.k_test != "all":
             return [f"eval.retrieval.k_test: {retrieval.k_test} takes ITM candidates from ITC similarities, which "
                     "this method does not train; set k_test: all (ITM scores every pair; max_images bounds the cost)"]
         return []
@@ -207,10 +225,10 @@ class MomentumContrastConfig(HardNegativeConfig):
     momentum: float = Field(0.995, ge=0.0, le=1.0)
     temp: float = Field(0.07, gt=0.0)
 
-    def check(self, experiment: "ExperimentConfig") -> list[str]:
-        problems = super().check(experiment)
-        if self.has_contrastive_embedding():  # a whole batch of features enters the queue at a time
-            problems += divisibility_problem("method.queue_size", self.queue_size, "train.batch_size",
+    def check(self, experiment: "ExperimentConfig", at: str = "method") -> list[str]:
+        problems = super().check(experiment, at)
+        if self.capabilities().contrastive_embedding:  # a whole batch of features enters the queue at a time
+            problems += divisibility_problem(f"{at}.queue_size", self.queue_size, "train.batch_size",
                                              experiment.train.batch_size)
         return problems
 
@@ -228,10 +246,10 @@ class DistilledContrastConfig(MomentumContrastConfig):
         ramp = steps_per_epoch if self.alpha_warmup_steps is None else self.alpha_warmup_steps
         return self.alpha * (min(1.0, step / ramp) if ramp > 0 else 1.0)
 
-    def check(self, experiment: "ExperimentConfig") -> list[str]:
-        problems = super().check(experiment)
+    def check(self, experiment: "ExperimentConfig", at: str = "method") -> list[str]:
+        problems = super().check(experiment, at)
         if not self.temp_min <= self.temp <= self.temp_max:
-            problems.append(f"method.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
+            problems.append(f"{at}.temp: {self.temp} is outside [temp_min, temp_max] = [{self.temp_min}, {self.temp_max}]")
         return problems
 
 

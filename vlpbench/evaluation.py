@@ -107,11 +107,12 @@ def _expected_reciprocal_first(n: int, c: int) -> float:
 
 @dataclass
 class EncodedSplit:
-    """Uni-modal states and contrastive embeddings of every image and text of a split."""
+    """Uni-modal states and contrastive embeddings (None for a method without them) of every image
+    and text of a split."""
     image_states: torch.Tensor
-    image_feats: torch.Tensor
+    image_feats: torch.Tensor | None
     text_states: torch.Tensor
-    text_feats: torch.Tensor
+    text_feats: torch.Tensor | None
     attention_mask: torch.Tensor
     text_to_image: torch.Tensor
 
@@ -130,21 +131,23 @@ def dataset_image_batches(dataset: RetrievalDataset, batch_size: int) -> Iterato
 def encode_split(method: VLPMethod, image_batches: Iterable[torch.Tensor], texts: list[str],
                  text_to_image: torch.Tensor, tokenizer: TextTokenizer, batch_size: int, max_text_len: int,
                  device: torch.device) -> EncodedSplit:
-    """Encode every image (given in batches) and every text of a split."""
+    """Encode every image (given in batches) and every text of a split, with their contrastive
+    embeddings where the method declares them."""
+    embed = method.config.capabilities().contrastive_embedding
     image_states, image_feats = [], []
     for batch in image_batches:
         out = method.encode_image(batch.to(device))
         image_states.append(out.states)
-        image_feats.append(method.image_embedding(out))
+        image_feats += [method.image_embedding(out)] if embed else []
     input_ids, attention_mask = tokenizer(texts, max_text_len)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     text_states, text_feats = [], []
     for start in range(0, len(texts), batch_size):
         states = method.encode_text(input_ids[start:start + batch_size], attention_mask[start:start + batch_size])
         text_states.append(states)
-        text_feats.append(method.text_embedding(states))
-    return EncodedSplit(torch.cat(image_states), torch.cat(image_feats), torch.cat(text_states),
-                        torch.cat(text_feats), attention_mask, text_to_image.to(device))
+        text_feats += [method.text_embedding(states)] if embed else []
+    return EncodedSplit(torch.cat(image_states), torch.cat(image_feats) if embed else None, torch.cat(text_states),
+                        torch.cat(text_feats) if embed else None, attention_mask, text_to_image.to(device))
 
 
 def pair_scores(method: VLPMethod, split: EncodedSplit, image_idx: torch.Tensor, text_idx: torch.Tensor,
@@ -216,35 +219,37 @@ def eval_mode(method: VLPMethod) -> Iterator[None]:
         method.train(was_training)
 
 
-def ranking_name(k_test: int | str) -> str:
+def ranking_name(k_test: int | str, matching: bool = True) -> str:
+    if not matching:
+        return "ITC (the method has no matching score)"
     return "ITM over all candidates" if k_test == "all" else f"ITC top-{k_test}, re-ranked by ITM"
 
 
 @torch.no_grad()
 def evaluate_retrieval(method: VLPMethod, dataset: RetrievalDataset, tokenizer: TextTokenizer,
-                       cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device,
-                       contrastive: bool = True) -> dict:
+                       cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device) -> dict:
     """{"itc": metrics from similarities alone, "itm": metrics of the ITM ranking, "chance": ...}.
 
     ``k_test: all`` scores every image-text pair with ITM (for methods without a contrastive
-    embedding); otherwise ITM re-ranks each query's top-k ITC candidates, as ALBEF does.
-    ``max_images``: only the first that many images of ``dataset`` and their captions. Without a
-    ``contrastive`` embedding there is no ITC-only result ("itc": None). ``fold_images``: disjoint
-    galleries of that many images, each evaluated alone; every number is the folds' mean, and
-    ``folds`` lists each fold's r_mean and their standard deviation.
+    embedding); otherwise ITM re-ranks each query's top-k ITC candidates, as ALBEF does. What the
+    method's capabilities lack is None: "itc" without a contrastive embedding, "itm" (and its
+    diagnostics) without a matching score; "ranking" says which ranking was used.
+    ``max_images``: only the first that many images of ``dataset`` and their captions.
+    ``fold_images``: disjoint galleries of that many images, each evaluated alone; every number is
+    the folds' mean, and ``folds`` lists each fold's r_mean and their standard deviation.
     """
     start = time.perf_counter()
     if cfg.max_images:
         dataset = dataset.head(cfg.max_images)
     if not cfg.fold_images:
-        return {**evaluate_gallery(method, dataset, tokenizer, cfg, max_text_len, device, contrastive),
+        return {**evaluate_gallery(method, dataset, tokenizer, cfg, max_text_len, device),
                 "seconds": round(time.perf_counter() - start, 1)}
     count = len(dataset.images) // cfg.fold_images
     if count == 0:
         raise ValueError(f"eval.retrieval.fold_images: {cfg.fold_images}, but the test split has "
                          f"{len(dataset.images)} images")
     folds = [evaluate_gallery(method, dataset.subset(i * cfg.fold_images, (i + 1) * cfg.fold_images), tokenizer,
-                              cfg, max_text_len, device, contrastive) for i in range(count)]
+                              cfg, max_text_len, device) for i in range(count)]
     return {**mean_over_folds(folds), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -269,30 +274,38 @@ def mean_over_folds(folds: list[dict]) -> dict:
 
 
 def evaluate_gallery(method: VLPMethod, dataset: RetrievalDataset, tokenizer: TextTokenizer,
-                     cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device, contrastive: bool) -> dict:
+                     cfg: RetrievalEvalConfig, max_text_len: int, device: torch.device) -> dict:
     """``evaluate_retrieval`` on one gallery: every image and caption of ``dataset``."""
+    can = method.config.capabilities()
     with eval_mode(method):
         split = encode_split(method, dataset_image_batches(dataset, cfg.batch_size), dataset.texts,
                              dataset.text_to_image, tokenizer, cfg.batch_size, max_text_len, device)
-        sims = split.itc_similarities()
-        scorer = PairScorer(method, split, cfg.batch_size)
-        if cfg.k_test == "all":
-            scores_i2t = _all_pairs(scorer)
-            scores_t2i = scores_i2t.T
-        else:
-            scores_i2t = _topk_rerank(scorer, sims, cfg.k_test, rows_are_images=True)
-            scores_t2i = _topk_rerank(scorer, sims.T.contiguous(), cfg.k_test, rows_are_images=False)
-        matching = itm_diagnostics(scorer, split, sims if contrastive else None) if cfg.itm_diagnostics else None
+        sims = split.itc_similarities() if can.contrastive_embedding else None
+        itm, matching = (matching_ranking(PairScorer(method, split, cfg.batch_size), split, sims, cfg)
+                         if can.matching else (None, None))
     itc = None
-    if contrastive:
+    if sims is not None:
         itc = {**retrieval_metrics(sims, sims.T, split.text_to_image),
                "loss": contrastive_test_loss(sims, split.text_to_image, itc_temperature(method))}
-    return {"itc": itc,
-            "itm": retrieval_metrics(below_reranked(scores_i2t, sims), below_reranked(scores_t2i, sims.T),
-                                     split.text_to_image),
-            "itm_diagnostics": matching,
-            "chance": chance_metrics(dataset.text_to_image), "ranking": ranking_name(cfg.k_test),
+    return {"itc": itc, "itm": itm, "itm_diagnostics": matching,
+            "chance": chance_metrics(dataset.text_to_image), "ranking": ranking_name(cfg.k_test, can.matching),
             "num_images": len(dataset.images), "num_texts": len(dataset.texts), "k_test": cfg.k_test}
+
+
+def matching_ranking(scorer: PairScorer, split: EncodedSplit, sims: torch.Tensor | None,
+                     cfg: RetrievalEvalConfig) -> tuple[dict, dict | None]:
+    """Metrics of the ITM ranking (every pair, or each query's top-k ITC candidates re-ranked) and
+    the matching score's diagnostics."""
+    if cfg.k_test == "all":
+        scores_i2t = _all_pairs(scorer)
+        scores_t2i = scores_i2t.T
+    else:
+        scores_i2t = _topk_rerank(scorer, sims, cfg.k_test, rows_are_images=True)
+        scores_t2i = _topk_rerank(scorer, sims.T.contiguous(), cfg.k_test, rows_are_images=False)
+    if sims is not None:  # candidates outside a query's top-k follow in ITC order
+        scores_i2t, scores_t2i = below_reranked(scores_i2t, sims), below_reranked(scores_t2i, sims.T)
+    return (retrieval_metrics(scores_i2t, scores_t2i, split.text_to_image),
+            itm_diagnostics(scorer, split, sims) if cfg.itm_diagnostics else None)
 
 
 DEFAULT_TEMPERATURE = 0.07  # ALBEF's initial ITC temperature, for methods that have none of their own

@@ -99,12 +99,12 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     if distributed.is_main():
         run.write_env(device, resumed_at=trainer.step if resume else None)
 
-    contrastive = cfg.method.has_contrastive_embedding()
+    contrastive = cfg.method.capabilities().contrastive_embedding
     results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path),
                "skipped_records": skips.as_dict()}
     if retrieval is not None and cfg.eval.retrieval.before_training and trainer.step == 0 and distributed.is_main():
         results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
-                                                            cfg.data.max_text_len, device, contrastive)
+                                                            cfg.data.max_text_len, device)
     curve = None
     if retrieval is not None and cfg.eval.every_steps and not contrastive:
         log("no learning curve: it is ITC-only retrieval, and this method has no contrastive embedding")
@@ -135,7 +135,7 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     if "retrieval" in results["pending"]:
         try:
             results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
-                                                      cfg.data.max_text_len, device, contrastive)
+                                                      cfg.data.max_text_len, device)
         except Exception as exc:
             results["retrieval_error"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             run.write_results(results)
@@ -197,8 +197,7 @@ def evaluate_trained(cfg: ExperimentConfig, method: VLPMethod, tokenizer: TextTo
     source = (AnnotationSource(ann=ann, image_root=image_root) if ann
               else pipeline.data_sources(cfg)["retrieval_test"])
     dataset = pipeline.retrieval_dataset(pipeline.open_entries(source, cfg, skips, "pass --on-bad-record skip"), cfg)
-    results = evaluate_retrieval(method.to(device), dataset, tokenizer, eval_cfg, cfg.data.max_text_len, device,
-                                 cfg.method.has_contrastive_embedding())
+    results = evaluate_retrieval(method.to(device), dataset, tokenizer, eval_cfg, cfg.data.max_text_len, device)
     results["skipped_records"] = skips.as_dict()
     return results
 

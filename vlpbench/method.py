@@ -78,11 +78,6 @@ class VLPMethod(nn.Module, abc.ABC):
     def after_optimizer_step(self) -> None:
         """Hook for state that follows the weights (momentum teachers)."""
 
-    @classmethod
-    def has_fusion(cls) -> bool:
-        """Whether the method exposes fused image-text states (``fuse``), which downstream tasks read."""
-        return cls.fuse is not VLPMethod.fuse
-
     def batch_matches(self, batch: Batch) -> torch.Tensor | None:
         """[B, B] pairs of the batch that match each other (the same image, or an identical caption),
         which ITC must not push apart and ITM must not sample as negatives; None with
@@ -98,21 +93,24 @@ class VLPMethod(nn.Module, abc.ABC):
     @abc.abstractmethod
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
-    @abc.abstractmethod
+    # What a method offers beyond encoding it declares in its config's ``Capabilities``; these
+    # defaults are what a method without the capability keeps, and nothing calls them.
     def image_embedding(self, image: VisionOutput) -> torch.Tensor:
-        """L2-normalised embedding for contrastive retrieval."""
+        """L2-normalised embedding for contrastive retrieval (``Capabilities.contrastive_embedding``)."""
+        raise NotImplementedError(f"method {self.name!r} declares no contrastive embedding")
 
-    @abc.abstractmethod
     def text_embedding(self, text_states: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embedding for contrastive retrieval."""
+        """L2-normalised embedding for contrastive retrieval (``Capabilities.contrastive_embedding``)."""
+        raise NotImplementedError(f"method {self.name!r} declares no contrastive embedding")
 
-    @abc.abstractmethod
     def match_score(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
                     image_states: torch.Tensor) -> torch.Tensor:
-        """[B] image-text matching score of aligned pairs (higher = more likely matched)."""
+        """[B] image-text matching score of aligned pairs, higher = more likely matched
+        (``Capabilities.matching``)."""
+        raise NotImplementedError(f"method {self.name!r} declares no matching score")
 
-    # The fusion interface the downstream pipelines use (``vlpbench.downstream``). A method without
-    # a fusion of its own keeps these defaults; the pipelines then refuse it at config load.
+    # The fusion interface the downstream pipelines use (``vlpbench.downstream``), for a method that
+    # declares ``Capabilities.fusion``; without it the pipelines refuse the method at config load.
     def fuse(self, text_states: torch.Tensor, attention_mask: torch.Tensor,
              image_states: torch.Tensor) -> "FusedPair":
         """The image-text pair after fusion: text token states and the pooled state a task head reads."""
@@ -158,10 +156,9 @@ class VLPMethod(nn.Module, abc.ABC):
         """[B, L] saliency of each text token w.r.t. the image (EPIC Eq. 8), rows summing to 1."""
         raise NotImplementedError(f"method {self.name!r} defines no image-token saliency")
 
-    def match_probability(self, scores: torch.Tensor) -> torch.Tensor | None:
-        """The matching probability ``match_score`` stands for, where the method has one as such
-        (LightVLP's gate p); None otherwise."""
-        return None
+    def match_probability(self, scores: torch.Tensor) -> torch.Tensor:
+        """The probability ``match_score`` stands for (LightVLP's gate p; ``Capabilities.gate``)."""
+        raise NotImplementedError(f"method {self.name!r} declares no gate")
 
 
 class ContrastiveEmbeddings:

@@ -140,7 +140,7 @@ def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> tuple[str, d
     from vlpbench.pipeline import data_sources, image_size_of, open_entries
     from vlpbench.rundir import RunDir
     run = next((r for c in cells for r in c.done if RunDir(r.run_dir).latest_checkpoint() is not None), None)
-    if run is None or run.config.method.name != "lightvlp":  # (a run whose checkpoints were removed: none)
+    if run is None or not run.config.method.capabilities().gate:  # (a run whose checkpoints were removed: none)
         return None
     cfg, method, tokenizer = load_trained(run.run_dir, torch.device("cpu"))
     source: AnnotationSource = data_sources(cfg, log=lambda *a: None)["pretrain"]

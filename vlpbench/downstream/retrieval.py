@@ -27,7 +27,7 @@ class MatchingFinetune(TaskModel):
 
     def __init__(self, method: VLPMethod, cfg: MatchingFinetuneConfig):
         super().__init__(method)
-        self.contrastive = method.config.has_contrastive_embedding()
+        self.contrastive = method.config.capabilities().contrastive_embedding
         self.hard_negatives = cfg.hard_negatives and self.contrastive
         self.fixed_temp = cfg.temp
 
@@ -84,13 +84,13 @@ class RetrievalTask(MatchingTask):
         method, cfg = model.method, self.task_cfg
         source = self.source("test")
         dataset = RetrievalDataset(self.open_records("test", parse_image_captions), self.transform)
-        contrastive = method.config.has_contrastive_embedding()
+        contrastive = method.config.capabilities().contrastive_embedding
         eval_cfg = cfg.eval if contrastive else cfg.eval.model_copy(update={"k_test": "all"})
-        result = evaluate_retrieval(method, dataset, self.tokenizer, eval_cfg, self.cfg.data.max_text_len, device,
-                                    contrastive)
-        metrics = {key: result["itm"][key] for key in ("r_mean", "txt_r_mean", "img_r_mean", "txt_r1", "img_r1")}
+        result = evaluate_retrieval(method, dataset, self.tokenizer, eval_cfg, self.cfg.data.max_text_len, device)
+        ranked = result["itm"] or result["itc"]  # (a method without a matching score ranks by ITC)
+        metrics = {key: ranked[key] for key in ("r_mean", "txt_r_mean", "img_r_mean", "txt_r1", "img_r1")}
         chance = {key: result["chance"][key] for key in metrics}
-        if result["itc"] is not None:
+        if result["itc"] is not None and result["itm"] is not None:
             metrics["itc_r_mean"], chance["itc_r_mean"] = result["itc"]["r_mean"], result["chance"]["r_mean"]
         return {"metrics": metrics, "baselines": {"chance": chance}, "num_test": result["num_images"],
                 "test": source.ann_files, "ranking": result["ranking"], "detail": result}
