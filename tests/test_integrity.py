@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from vlpbench import launch, runs
+from vlpbench import executors, launch, runs
 from vlpbench.checkpoint import CheckpointError, read_checkpoint
 from vlpbench.cli import main
 from vlpbench.config import ConfigError, config_from_dict
@@ -67,7 +67,7 @@ def test_a_run_another_process_trains_is_skipped_not_trained_twice(tiny_config, 
         assert holder.stdout.readline().strip() == "held"
         state = runs.run_state(busy)
         assert state["state"] == "running" and f"pid {holder.pid}" in state["detail"]
-        launch.run_here(sweep, todo)  # the claim is checked when each run starts, not when planned
+        executors.Local(sweep).run_here(todo)  # the claim is checked when each run starts, not when planned
         out = capsys.readouterr().out
         assert "seed=1 skipped" in out and f"already running in another process (pid {holder.pid}" in out
         assert runs.is_done(sweep.run_dir(sweep.runs[0]))

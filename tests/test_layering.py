@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHOD_API = {"vlpbench.config", "vlpbench.errors", "vlpbench.method", "vlpbench.registry", "vlpbench.losses",
               "vlpbench.masking", "vlpbench.momentum", "vlpbench.streams", "vlpbench.wordroles", "vlpbench.zoo"}
 # the floors above them: running, evaluating, sweeping, reporting
-ORCHESTRATION = {"vlpbench.pipeline", "vlpbench.experiment", "vlpbench.train", "vlpbench.launch", "vlpbench.sweep",
+ORCHESTRATION = {"vlpbench.pipeline", "vlpbench.experiment", "vlpbench.train", "vlpbench.launch", "vlpbench.executors", "vlpbench.sweep",
                  "vlpbench.cli", "vlpbench.report", "vlpbench.report_writer", "vlpbench.results", "vlpbench.summary",
                  "vlpbench.bench", "vlpbench.flops", "vlpbench.budget", "vlpbench.rundir", "vlpbench.runs",
                  "vlpbench.unimodal", "vlpbench.evaluation", "vlpbench.downstream", "vlpbench.distributed", "vlpbench.api"}

@@ -182,14 +182,14 @@ def train_run(cfg: ExperimentConfig, run_dir: RunDir | None = None, stop_at: int
 
 def _run_sweep(path: Path, overrides: list[str], log) -> pd.DataFrame | None:
     """A sweep file's runs that are not done, with its launcher; None when the file has no sweep."""
-    from vlpbench import launch, results
+    from vlpbench import executors, launch, results
     from vlpbench.summary import write_sweep_summary
     from vlpbench.sweep import load_sweep
     sweep = load_sweep(path, overrides)
     if sweep is None:
         return None
     todo = launch.plan(sweep).todo
-    launch.start_runs(sweep, todo, wait=True, log=log)
+    executors.start_runs(sweep, todo, wait=True, log=log)
     write_sweep_summary(sweep)
     return results.load(sweep.directory)
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import sys
+import typing
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import yaml
 from vlpbench.config import (DOWNSTREAM_TASKS, ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, config_from_dict,
                              load_config, read_yaml_with_base, validate_arguments)
 from vlpbench.errors import UserError
-from vlpbench.sweep import MAX_SWEEP_RUNS, format_plan, load_sweep
+from vlpbench.sweep import MAX_SWEEP_RUNS, LauncherConfig, format_plan, load_sweep
 from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
 
 DOWNSTREAM_OVERRIDABLE = ("downstream.", "data.on_bad_record=", "data.verify_images=")
@@ -87,7 +88,7 @@ def cmd_run(args) -> int:
 
 def run_sweep(args, sweep) -> int:
     """Start the sweep's runs that are not done (or, with ``--rerun failed``, its failed ones)."""
-    from vlpbench import launch
+    from vlpbench import executors, launch
     from vlpbench.pipeline import runtime_device
     runtime_device(sweep.runs[0].config.train)
     todo, states, runs = launch.plan(sweep, rerun_failed=args.rerun == "failed")
@@ -99,7 +100,7 @@ def run_sweep(args, sweep) -> int:
     if not todo:
         launch.write_plan(sweep)
         return report_sweep(sweep)
-    jobs = launch.start_runs(sweep, todo, wait=args.wait)
+    jobs = executors.start_runs(sweep, todo, wait=args.wait)
     if jobs and not args.wait:
         print(f"submitted {len(jobs)} runs; follow them with: vlpbench status {sweep.directory}")
         return 0
@@ -416,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "and minimum detectable difference per metric")
     run.add_argument("--dry-run", action="store_true", help="print the runs (id, overrides, state) and the "
                                                             "executor settings; run nothing")
-    run.add_argument("--executor", choices=["local", "slurm"], help="replaces launcher.executor")
+    run.add_argument("--executor", choices=typing.get_args(LauncherConfig.model_fields["executor"].annotation),
+                     help="replaces launcher.executor")
     run.add_argument("--jobs", type=at_least(1), metavar="N", help="local executor: N runs at a time (launcher.jobs)")
     run.add_argument("--rerun", choices=["failed"], help="start only the sweep's failed runs (they resume from "
                                                          "their latest checkpoint)")

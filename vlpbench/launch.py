@@ -1,5 +1,6 @@
-"""Running a sweep's runs: in this process, N at a time (submitit's LocalExecutor), or on Slurm
-(a submitit job array). What state each run is in, ``vlpbench.runs`` reads from its directory.
+"""Planning and running a sweep's runs: which to start, their FLOP budgets resolved, and one
+run's execution under its claim (``execute``, ``RunJob``); where they run is ``vlpbench.executors``.
+What state each run is in, ``vlpbench.runs`` reads from its directory.
 
 A run is trained only under its claim, taken at the moment it starts and held until it ends, so
 two copies of one sweep never train the same run: the second finds the claim held and skips it.
@@ -13,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,10 +24,10 @@ from vlpbench import distributed
 from vlpbench.budget import apply_flop_budget, with_steps
 from vlpbench.config import ConfigError, config_differences, config_from_dict
 from vlpbench.errors import UserError
-from vlpbench.experiment import EvaluationError, run_experiment
+from vlpbench.experiment import run_experiment
 from vlpbench.io import read_json, write_json
 from vlpbench.pipeline import runtime_device
-from vlpbench.rundir import RunBusyError, RunDir
+from vlpbench.rundir import RunDir
 from vlpbench.runs import is_done, read_run_config, run_state
 from vlpbench.sweep import Sweep, SweepRun
 from vlpbench.train import clear_stop, request_stop, stop_requested
@@ -170,101 +170,3 @@ def write_plan(sweep: Sweep) -> None:
         "experiment": str(sweep.experiment), "overrides": list(sweep.overrides),
         "launcher": sweep.launcher.model_dump(), "runs": [{"run_id": r.run_id, "overrides": list(r.overrides)}
                                                           for r in sweep.runs]})
-
-
-def start_runs(sweep: Sweep, runs: list[SweepRun], wait: bool = True, log=print) -> list:
-    """Run ``runs`` with the sweep's ``launcher``: as Slurm jobs (waited for when ``wait``; the
-    submitted jobs are returned), ``launcher.jobs`` local processes at a time, or one after another here."""
-    write_plan(sweep)
-    if sweep.launcher.executor == "slurm":
-        jobs = submit_slurm(sweep, runs, log)
-        for job in jobs if wait else ():
-            job.wait()
-        return jobs
-    if sweep.launcher.jobs > 1:
-        run_local_jobs(sweep, runs, log)
-    else:
-        run_here(sweep, runs, log)
-    return []
-
-
-def run_here(sweep: Sweep, runs: list[SweepRun], log=print) -> None:
-    """One run after another in this process; a failed run is recorded and the sweep goes on, a
-    run another process is training is skipped, and a stop request (a signal) ends the sweep
-    once the current run has checkpointed."""
-    for i, run in enumerate(runs, 1):
-        log(f"[{i}/{len(runs)}] {run.run_id}: {sweep.run_dir(run)}")
-        try:
-            execute(run.config.model_dump(mode="json"), str(sweep.run_dir(run)))
-        except RunBusyError as exc:
-            log(f"  {run.run_id} skipped: {exc}")
-        except EvaluationError as exc:
-            log(f"  {run.run_id}: {exc}")
-        except Exception as exc:  # failed.json records it; the other runs still run
-            log(f"  {run.run_id} failed: {type(exc).__name__}: {exc}")
-        if stop_requested():
-            log(f"stopped on a signal after {run.run_id} checkpointed; {len(runs) - i} runs not started. "
-                "Run the sweep again to resume.")
-            return
-
-
-def submitit_folder(sweep: Sweep, executor: str) -> Path:
-    """One submitit folder per cluster instance: a fresh Slurm restarts job ids at 1, so a folder
-    shared across instances could hand back another job's result."""
-    return sweep.directory / "submitit" / ("local" if executor == "local" else f"slurm-{slurm_instance()}")
-
-
-def slurm_instance() -> str:
-    """The cluster's name and its controller's boot time: one id per Slurm instance."""
-    import subprocess
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"launcher.executor slurm: cannot reach Slurm (scontrol show config: {exc})") from exc
-    if out.returncode:
-        raise ConfigError(f"launcher.executor slurm: scontrol show config failed: {out.stderr.strip()}")
-    fields = {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)}
-    booted = "".join(ch for ch in fields.get("BOOT_TIME", "") if ch.isdigit())
-    return f"{fields.get('ClusterName', 'cluster')}-{booted}"
-
-
-def run_local_jobs(sweep: Sweep, runs: list[SweepRun], log=print, poll_s: float = 2.0) -> None:
-    """``launcher.jobs`` runs at a time, each a process of submitit's LocalExecutor (its output in
-    the sweep's submitit folder) with an equal share of this machine's cores."""
-    import submitit
-    jobs_at_once = sweep.launcher.jobs
-    executor = submitit.LocalExecutor(folder=submitit_folder(sweep, "local"))
-    executor.update_parameters(timeout_min=60 * 24 * 365)  # local runs have no time limit
-    threads = max(1, (os.cpu_count() or 1) // jobs_at_once)
-    queue, live = list(runs), []
-    while queue or live:
-        live = [(run, job) for run, job in live if not job.done()]
-        while queue and len(live) < jobs_at_once:
-            run = queue.pop(0)
-            job = executor.submit(RunJob(run.config.model_dump(mode="json"), str(sweep.run_dir(run)), threads))
-            log(f"started {run.run_id} (local job {job.job_id}, {threads} threads)")
-            live.append((run, job))
-        time.sleep(poll_s)
-
-
-def submit_slurm(sweep: Sweep, runs: list[SweepRun], log=print) -> list:
-    """Submit the runs as one Slurm job array; each run directory gets ``job.json``."""
-    import submitit
-    s = sweep.launcher.slurm
-    folder = submitit_folder(sweep, "slurm")
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_requeues)
-    executor.update_parameters(
-        nodes=s.nodes, gpus_per_node=s.gpus_per_node, tasks_per_node=max(1, s.gpus_per_node),
-        timeout_min=s.timeout_min, slurm_array_parallelism=s.array_parallelism, name=sweep.name,
-        **{f"slurm_{k}": v for k, v in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
-                                        ("constraint", s.constraint)) if v is not None},
-        **({"cpus_per_task": s.cpus_per_task} if s.cpus_per_task else {}),
-        **({"mem_gb": s.mem_gb} if s.mem_gb else {}),
-        **({"slurm_additional_parameters": s.additional_parameters} if s.additional_parameters else {}))
-    with executor.batch():
-        jobs = [executor.submit(RunJob(run.config.model_dump(mode="json"), str(sweep.run_dir(run))))
-                for run in runs]
-    for run, job in zip(runs, jobs):
-        write_json(sweep.run_dir(run) / "job.json", {"executor": "slurm", "job_id": job.job_id, "folder": str(folder)})
-        log(f"submitted {run.run_id}: Slurm job {job.job_id}")
-    return jobs

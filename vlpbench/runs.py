@@ -38,6 +38,25 @@ def slurm_state(job: dict) -> str:
     return submitit.SlurmJob(folder=job["folder"], job_id=job["job_id"]).state
 
 
+def slurm_run_state(job: dict) -> dict | None:
+    """The run state of a Slurm job from its ``job.json`` (``executors.Slurm.state``): pending,
+    requeued, running, or failed when it ended without results; None once it completed."""
+    state = slurm_state(job)
+    if state in SLURM_WAITING:
+        return {"state": "requeued" if state.startswith("REQUEUE") else "pending", "job_id": job["job_id"]}
+    if state in SLURM_RUNNING:
+        return {"state": "running", "job_id": job["job_id"]}
+    if state not in ("COMPLETED", "UNKNOWN"):  # ended without results.json: killed, out of memory, ...
+        return {"state": "failed", "error": f"Slurm job {job['job_id']} ended {state}",
+                "log_tail": _tail(Path(job["folder"]) / f"{job['job_id']}_0_log.err")}
+    return None
+
+
+# an executor that hands runs to a scheduler: its state reader, by the name job.json records
+# (here, not in vlpbench.executors, so that reading a run's state imports no torch)
+SCHEDULER_STATES = {"slurm": slurm_run_state}
+
+
 def is_finished(results: dict | None) -> bool:
     """Training and every evaluation it planned are done, and none failed."""
     return bool(results and results.get("complete") and not results.get("pending")
@@ -66,15 +85,9 @@ def run_state(run_dir: Path) -> dict:
     if failed:
         return {"state": "failed", "error": failed.get("error"), "log_tail": failed.get("log_tail", [])}
     job = read_optional_json(run_dir / "job.json")
-    if job and job.get("executor") == "slurm":
-        state = slurm_state(job)
-        if state in SLURM_WAITING:
-            return {"state": "requeued" if state.startswith("REQUEUE") else "pending", "job_id": job["job_id"]}
-        if state in SLURM_RUNNING:
-            return {"state": "running", "job_id": job["job_id"]}
-        if state not in ("COMPLETED", "UNKNOWN"):  # ended without results.json: killed, out of memory, ...
-            return {"state": "failed", "error": f"Slurm job {job['job_id']} ended {state}",
-                    "log_tail": _tail(Path(job["folder"]) / f"{job['job_id']}_0_log.err")}
+    scheduled = SCHEDULER_STATES[job["executor"]](job) if job and job.get("executor") in SCHEDULER_STATES else None
+    if scheduled is not None:
+        return scheduled
     problem = {"detail": detail} if (detail := results_problem(run_dir)) else {}
     if RunDir(run_dir).latest_checkpoint() is not None:
         return {"state": "resumable", **problem}

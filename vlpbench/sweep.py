@@ -5,7 +5,7 @@
       zip:  {train.lr: [1e-4, 3e-4], train.min_lr: [1e-5, 3e-5]}  # these lists side by side
       seeds: [0, 1, 2]                                      # every combination again per seed
     launcher:
-      executor: local            # or slurm (vlpbench.launch)
+      executor: local            # or slurm (vlpbench.executors)
       slurm: {partition: ..., gpus_per_node: 1, timeout_min: 240}
 
 A run's id is made from its overrides (``image_mask_ratio=0.5,seed=1``), so running the sweep again
