@@ -32,7 +32,7 @@ def one_step(tiny_config: dict, batch: torch.Tensor) -> tuple[float, list[torch.
     torch.manual_seed(0)
     model = PerSampleRegression()
     cfg = config_from_dict({**tiny_config, "train": {**tiny_config["train"], "batch_size": 8}})
-    trainer = Trainer(cfg, model, list(range(16)), None, None, torch.device("cpu"))
+    trainer = Trainer.for_experiment(cfg, model, list(range(16)), None, None, torch.device("cpu"))
     logged = trainer.train_step(iter([batch]))
     return float(logged["loss"]), [p.detach().clone() for p in model.parameters()]
 

@@ -23,7 +23,7 @@ def built(tiny_config, method: dict):
     tokenizer = pipeline.make_tokenizer(cfg, entries)
     torch.manual_seed(cfg.seed)
     method = pipeline.build_method(cfg, tokenizer)
-    trainer = Trainer(cfg, method, pipeline.pretrain_dataset(entries, cfg, SkipReport()),
+    trainer = Trainer.for_experiment(cfg, method, pipeline.pretrain_dataset(entries, cfg, SkipReport()),
                       pipeline.Collate(tokenizer, cfg.data.max_text_len), None, torch.device("cpu"))
     return method, trainer
 

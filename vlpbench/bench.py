@@ -62,7 +62,7 @@ class StepTimer:
         torch.manual_seed(cfg.seed)
         self.method = pipeline.build_method(cfg, tokenizer).to(self.device)
         self.flops_per_step = self._count_flops(batches)
-        self.trainer = Trainer(cfg, self.method, dataset, None, None, self.device)
+        self.trainer = Trainer.for_experiment(cfg, self.method, dataset, None, None, self.device)
         self.stream = itertools.cycle(batches)
         self.times: list[float] = []
 

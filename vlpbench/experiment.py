@@ -85,7 +85,8 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
         method = build_model(cfg, entries, tokenizer, device, log)
     if distributed.is_main():
         record_pretrained_loads(pipeline.load_reports(method), run, log)
-    trainer = Trainer(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run, device)
+    trainer = Trainer.for_experiment(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run,
+                                     device)
     if resume:
         checkpoint = run.read_latest_checkpoint(device, log)
         if checkpoint is None:

@@ -16,6 +16,8 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -163,10 +165,38 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+class Trainable(Protocol):
+    """What the trainer trains: a method, or a downstream task's model around one."""
+
+    def __call__(self, batch, progress: Progress) -> dict[str, torch.Tensor]:
+        """Losses of one micro-batch: ``loss`` (the total to minimise) plus named parts to log."""
+
+    def after_optimizer_step(self) -> None:
+        """State that follows the weights (momentum teachers)."""
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What the trainer reads besides the train config: an experiment's (``of``), or a task's."""
+    name: str                        # the progress bar's label
+    seed: int                        # the data order's and each step's draws
+    record: dict                     # the config saved with every checkpoint: what the weights are
+    num_workers: int = 0             # data-loader processes
+    ema: float | None = None         # keep an EMA of the weights, copied into the model at the last step
+    every_steps: int | None = None   # learning-curve interval (``fit``'s ``curve``)
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig) -> "TrainingSetup":
+        return cls(cfg.name, cfg.seed, cfg.model_dump(mode="json"), cfg.data.num_workers, cfg.eval.ema,
+                   cfg.eval.every_steps)
+
+
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, method: VLPMethod, dataset, collate, run: RunDir, device: torch.device):
-        self.cfg, self.method, self.dataset, self.collate, self.run, self.device = cfg, method, dataset, collate, run, device
-        t = cfg.train
+    def __init__(self, train: TrainConfig, setup: TrainingSetup, method: Trainable, dataset, collate,
+                 run: RunDir | None, device: torch.device):
+        self.train, self.setup = train, setup
+        self.method, self.dataset, self.collate, self.run, self.device = method, dataset, collate, run, device
+        t = train
         self.steps_per_epoch = len(dataset) // (t.batch_size * t.grad_accum_steps)
         if self.steps_per_epoch == 0:
             raise ValueError(f"train.batch_size x train.grad_accum_steps = {t.batch_size * t.grad_accum_steps} "
@@ -177,13 +207,18 @@ class Trainer:
         self.model = distributed.wrap(method)
         self.optimizer = build_optimizer(method, t)
         self.step = 0  # optimizer steps done
-        self.average = WeightAverage(method, cfg.eval.ema) if cfg.eval.ema is not None else None
+        self.average = WeightAverage(method, setup.ema) if setup.ema is not None else None
         self.freed_memory_kept = t.keep_freed_memory and device.type == "cpu" and keep_freed_memory()
         self.compiled_blocks = compile_blocks(method) if t.compile == "blocks" else 0
 
+    @classmethod
+    def for_experiment(cls, cfg: ExperimentConfig, method: Trainable, dataset, collate, run: RunDir | None,
+                       device: torch.device) -> "Trainer":
+        return cls(cfg.train, TrainingSetup.of(cfg), method, dataset, collate, run, device)
+
     def save_checkpoint(self, tokenizer_json: str) -> None:
-        self.run.save_checkpoint(self.step, self.cfg.train.keep_checkpoints, model=self.method.state_dict(),
-                                 optimizer=self.optimizer.state_dict(), config=self.cfg.model_dump(mode="json"),
+        self.run.save_checkpoint(self.step, self.train.keep_checkpoints, model=self.method.state_dict(),
+                                 optimizer=self.optimizer.state_dict(), config=self.setup.record,
                                  tokenizer_json=tokenizer_json,
                                  weight_average=self.average.state_dict() if self.average else None)
 
@@ -191,24 +226,24 @@ class Trainer:
         load_weights(self.method, state["model"], state["file"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        if self.average is not None and self.step < self.cfg.train.steps:
+        if self.average is not None and self.step < self.train.steps:
             self.average.load_state_dict(state["weight_average"])
 
     def batches(self) -> Iterator:
-        t = self.cfg.train
-        sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, self.cfg.seed,
+        t = self.train
+        sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, self.setup.seed,
                                         start_batch=self.step * t.grad_accum_steps,
                                         rank=distributed.rank(), world_size=distributed.world_size())
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
-                            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=self.cfg.data.num_workers > 0)
+                            num_workers=self.setup.num_workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=self.setup.num_workers > 0)
         return iter(loader)
 
     def train_step(self, batches: Iterator) -> dict[str, torch.Tensor | float]:
         """One optimizer step. Logged values stay tensors on the device, so the step never waits
         for the accelerator; they become floats only when a log line is written."""
-        t, step = self.cfg.train, self.step
-        base = step_seed(self.cfg.seed, step) + distributed.rank()  # other masks per process
+        t, step = self.train, self.step
+        base = step_seed(self.setup.seed, step) + distributed.rank()  # other masks per process
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         progress = Progress(step, self.steps_per_epoch)
@@ -242,7 +277,7 @@ class Trainer:
         ``curve`` (a cheap evaluation) runs every ``eval.every_steps`` steps and at the last step;
         its metrics go to ``metrics.jsonl`` and its time is not counted as training throughput.
         """
-        t = self.cfg.train
+        t = self.train
         if stop_at is not None and not self.step < stop_at <= t.steps:
             raise ConfigError(f"--stop-at {stop_at}: expected a step after the checkpoint's step {self.step} "
                               f"and at most train.steps ({t.steps})")
@@ -251,14 +286,14 @@ class Trainer:
             return self._fit(tokenizer_json, last, curve)
 
     def _fit(self, tokenizer_json: str, last: int, curve) -> dict:
-        t = self.cfg.train
+        t = self.train
         self.method.train()
         batches = self.batches()
         samples_per_step = t.batch_size * t.grad_accum_steps
         window, window_start, window_steps = defaultdict(float), time.perf_counter(), 0
         start, first_step, curve_seconds = time.perf_counter(), self.step, 0.0
-        every = self.cfg.eval.every_steps
-        bar = tqdm(total=t.steps, initial=self.step, desc=self.cfg.name, dynamic_ncols=True, mininterval=1.0)
+        every = self.setup.every_steps
+        bar = tqdm(total=t.steps, initial=self.step, desc=self.setup.name, dynamic_ncols=True, mininterval=1.0)
         writer = tensorboard_writer(self.run.path / "tensorboard") if distributed.is_main() else None
         while self.step < last:
             logged = self.train_step(batches)

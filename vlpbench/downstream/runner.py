@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from vlpbench import pipeline
-from vlpbench.config import ConfigError, EvalConfig, ExperimentConfig, config_differences
+from vlpbench.config import ConfigError, ExperimentConfig, config_differences
 from vlpbench.downstream.common import DownstreamTask
 from vlpbench.downstream.grounding import GroundingTask
 from vlpbench.downstream.nlvr2 import NLVR2Task
@@ -34,7 +34,7 @@ from vlpbench.downstream.vqa import VQATask
 from vlpbench.evaluation import eval_mode
 from vlpbench.io import write_json, write_text
 from vlpbench.rundir import RunDir
-from vlpbench.train import StoppedBySignal, Trainer
+from vlpbench.train import StoppedBySignal, Trainer, TrainingSetup
 from vlpbench.zoo.vision import VisionEncoder
 
 TASKS: dict[str, type[DownstreamTask]] = {"retrieval": RetrievalTask, "vqa": VQATask, "nlvr2": NLVR2Task,
@@ -91,7 +91,8 @@ def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device
     task = TASKS[name](cfg, task_cfg, tokenizer, image_size, log)
     torch.manual_seed(cfg.seed)  # the task head's initialisation
     model = task.build_model(method).to(device)
-    trainer = Trainer(task_config(cfg, name), model, task.train_dataset(), task.collate, task_run, device)
+    trainer = Trainer(task_cfg.train, task_setup(cfg, name), model, task.train_dataset(), task.collate, task_run,
+                      device)
     write_text(task_run.path / "config.yaml", yaml.safe_dump(task_settings(cfg, name), sort_keys=False))
     resume_task(trainer, task_run, device, log)
     log(f"{name}: fine-tuning {cfg.method.name} for {task_cfg.train.steps} steps ({len(trainer.dataset)} examples)")
@@ -108,10 +109,12 @@ def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device
     return result
 
 
-def task_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
-    """The experiment as the trainer sees it for a task: the task's optimisation, no learning curve."""
-    return cfg.model_copy(update={"name": f"{cfg.name}.{name}", "train": getattr(cfg.downstream, name).train,
-                                  "eval": EvalConfig(every_steps=None)})
+def task_setup(cfg: ExperimentConfig, name: str) -> TrainingSetup:
+    """How the trainer runs a task: its own label, the pre-training seed, no learning curve or weight
+    average; its checkpoints record the pre-trained experiment with the task's optimisation."""
+    task_train = getattr(cfg.downstream, name).train.model_dump(mode="json")
+    record = {**cfg.model_dump(mode="json"), "name": f"{cfg.name}.{name}", "train": task_train}
+    return TrainingSetup(f"{cfg.name}.{name}", cfg.seed, record, cfg.data.num_workers)
 
 
 def resume_task(trainer: Trainer, task_run: RunDir, device: torch.device, log) -> None:
