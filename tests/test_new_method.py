@@ -56,7 +56,7 @@ class DualEncoder(ContrastiveEmbeddings, VLPMethod):
 @pytest.fixture
 def dual_encoder(monkeypatch):
     registry.available_methods()  # the shipped methods first, then this one beside them
-    monkeypatch.setitem(registry._METHODS, DualEncoder.name, DualEncoder)
+    monkeypatch.setitem(registry.METHODS, DualEncoder.name, DualEncoder)
 
 
 def test_a_dual_encoder_pretrains_ranks_by_itc_and_reports(dual_encoder, tiny_config, tmp_path):

@@ -10,17 +10,14 @@ import typing
 from collections import Counter
 from pathlib import Path
 
-import yaml
 
 # only what parsing and the error report need: each command imports its own machinery (torch
 # included), so that `vlpbench --help` and argument errors answer at once
-from vlpbench.config import (DOWNSTREAM_TASKS, ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, config_from_dict,
-                             load_config, read_yaml_with_base, validate_arguments)
+from vlpbench.config import (ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments)
 from vlpbench.errors import UserError
 from vlpbench.sweep import MAX_SWEEP_RUNS, LauncherConfig, format_plan, load_sweep
 from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
 
-DOWNSTREAM_OVERRIDABLE = ("downstream.", "data.on_bad_record=", "data.verify_images=")
 RETRIEVAL_COLUMNS = {"txt_r1": "TR@1", "txt_r5": "TR@5", "txt_r10": "TR@10", "img_r1": "IR@1", "img_r5": "IR@5",
                      "img_r10": "IR@10", "r_mean": "r_mean"}
 
@@ -236,33 +233,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_downstream(args) -> int:
-    from vlpbench.downstream.runner import results_table, run_tasks
+    from vlpbench.downstream.runner import downstream_config, results_table, run_tasks
     from vlpbench.pipeline import resolve_device
     from vlpbench.rundir import RunDir
     from vlpbench.train import clear_stop
     clear_stop()
     run = RunDir(args.run)
-    if not (run.path / "config.yaml").is_file():
-        raise ConfigError(f"{args.run}: not a run directory (expected config.yaml in it)")
-    wrong = [o for o in args.override if not o.startswith(DOWNSTREAM_OVERRIDABLE)]
-    if wrong:
-        raise ConfigError(f"-o {wrong[0]}: only downstream.* settings (and data.on_bad_record, data.verify_images) "
-                          "can change after pre-training")
-    saved = yaml.safe_load((run.path / "config.yaml").read_text())
-    if args.settings:  # the task settings of an experiment file instead of those the run was made with
-        saved["downstream"] = read_yaml_with_base(Path(args.settings)).get("downstream", {})
-    cfg = config_from_dict(saved, source=str(run.path / "config.yaml"), overrides=args.override)
-    tasks = args.tasks or cfg.downstream.tasks
-    if not tasks:
-        raise ConfigError(f"--tasks: none given and {run.path}'s downstream.tasks is empty")
-    unknown = sorted(set(tasks) - set(DOWNSTREAM_TASKS))
-    if unknown:
-        raise ConfigError(f"--tasks: unknown task(s) {unknown}; expected some of {list(DOWNSTREAM_TASKS)}")
-    cfg = config_from_dict(saved, source=str(run.path / "config.yaml"),
-                           overrides=[*args.override, f"downstream.tasks={list(tasks)}"])  # checks method x task
-    if run.latest_checkpoint() is None:
-        raise ConfigError(f"{run.path}: no pre-training checkpoint to start the tasks from")
-    results = run_tasks(run, cfg, resolve_device(args.device, key="--device"), list(tasks), restart=args.restart)
+    cfg, tasks = downstream_config(run, args.override, args.settings, args.tasks)
+    results = run_tasks(run, cfg, resolve_device(args.device, key="--device"), tasks, restart=args.restart)
     print(results_table(results).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nresults: {run.path / 'downstream.csv'}")
     return 0
@@ -381,11 +359,14 @@ def cmd_data(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from vlpbench.registry import available_methods, get_method
+    from vlpbench.registry import available_methods, available_tasks, get_method, get_task
     for name in available_methods():
-        fields = get_method(name).config_class.model_fields
-        keys = ", ".join(f"{k}={f.default}" for k, f in fields.items() if k != "name")
-        print(f"method {name}: {keys}")
+        config_class = get_method(name).config_class
+        keys = ", ".join(f"{k}={f.default}" for k, f in config_class.model_fields.items() if k != "name")
+        print(f"method {name} ({config_class.declared.describe()}): {keys}")
+    for name in available_tasks():
+        fields = get_task(name).config_class.model_fields
+        print(f"task {name}: " + ", ".join(k for k in fields if k not in ("train", "data")))
     print("vision presets:", ", ".join(VISION_PRESETS))
     print("text presets:", ", ".join(TEXT_PRESETS))
     return 0
@@ -399,10 +380,7 @@ def int_or_word(text: str) -> int | str:
         return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlpbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_run_command(sub) -> None:
     run = sub.add_parser("run", help="pre-train and evaluate one experiment",
                          description="Pre-train a method as an experiment YAML describes, then evaluate it.")
     run.add_argument("experiment", nargs="?", help="experiment YAML file")
@@ -428,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "before anything is expanded)")
     run.set_defaults(func=cmd_run)
 
+
+def add_status_command(sub) -> None:
     status = sub.add_parser("status", help="the state of every run of a sweep",
                             description="Each run's state (new, pending, running, requeued, resumable, done, "
                                         "failed with the error's last lines), from the run directories and "
@@ -435,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("sweep", help="the sweep's experiment file or its directory (<output_dir>/<name>)")
     status.set_defaults(func=cmd_status)
 
+
+def add_summary_command(sub) -> None:
     summ = sub.add_parser("summary", help="summarise finished runs across seeds",
                           description="Mean, std, 95%% interval and minimum detectable difference of finished runs.")
     summ.add_argument("runs", nargs="+", help="run directories (e.g. runs/albef_mini/*)")
@@ -443,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "these) with its 95%% interval and the pooled seed std")
     summ.set_defaults(func=cmd_summary)
 
+
+def add_eval_command(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a trained model on a dataset",
                         description="Evaluate a run directory or checkpoint on ALBEF-format annotations.")
     ev.add_argument("target", help="run directory (uses its latest checkpoint) or checkpoint file")
@@ -458,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="also write the metrics to this JSON file")
     ev.set_defaults(func=cmd_eval)
 
+
+def add_downstream_command(sub) -> None:
     down = sub.add_parser("downstream", help="fine-tune and evaluate downstream tasks from a pre-trained run",
-                          description="Run downstream tasks (retrieval, vqa, nlvr2, snli_ve, grounding) from a "
+                          description="Run downstream tasks (vlpbench list names them) from a "
                                       "run's pre-training checkpoint, with the run's downstream settings; results "
                                       "go to RUN_DIR/downstream/ and RUN_DIR/downstream.csv. Finished tasks are "
                                       "not run again; interrupted ones resume.")
@@ -475,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     down.set_defaults(func=cmd_downstream)
 
+
+def add_report_command(sub) -> None:
     rep = sub.add_parser("report", help="a comparison report of a sweep: tables, the paper's table, plots",
                          description="Gather every run of a sweep (finished or not) into reports/<name>/: "
                                      "report.md, a self-contained index.html, tables/*.csv and *.tex (booktabs), "
@@ -487,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an existing report even if it shows more finished runs than this one")
     rep.set_defaults(func=cmd_report)
 
+
+def add_gate_command(sub) -> None:
     gate = sub.add_parser("gate", help="how well the matching score (LightVLP: the gate p) separates noisy pairs",
                           description="ROC AUC of a trained model's matching score between clean and known-noisy "
                                       "pre-training pairs, and the distribution of LightVLP's gate p (Fig. 4).")
@@ -500,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--output", help="also write the result to this JSON file")
     gate.set_defaults(func=cmd_gate)
 
+
+def add_bench_command(sub) -> None:
     bench = sub.add_parser("bench", help="step time, memory and FLOP efficiency of experiments",
                            description="Time the training step of each experiment (a worker process each, real "
                                        "batches, random weights; experiments alternate) and report seconds per "
@@ -518,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", help="also write the rows to this JSON file")
     bench.set_defaults(func=cmd_bench)
 
+
+def add_flops_command(sub) -> None:
     fl = sub.add_parser("flops", help="FLOPs of one training step per sample, by component and pass",
                         description="Count one pre-training step of an experiment's method (random weights, "
                                     "inputs of its shapes) with vlpbench's counter, cross-checked by fvcore and "
@@ -534,15 +528,29 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--json", help="also write the result to this JSON file")
     fl.set_defaults(func=cmd_flops)
 
+
+def add_data_command(sub) -> None:
     data = sub.add_parser("data", help="generate the embedded dataset and print its folder",
                           description="Generate (or find cached) the embedded dataset an experiment uses.")
     data.add_argument("experiment", nargs="?", help="experiment YAML (its data.embedded section); default parameters if absent")
     data.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     data.set_defaults(func=cmd_data)
 
+
+def add_list_command(sub) -> None:
     lst = sub.add_parser("list", help="list methods (with their config keys) and zoo presets",
                          description="List registered methods with their config keys and defaults, and zoo presets.")
     lst.set_defaults(func=cmd_list)
+
+
+COMMANDS = (add_run_command, add_status_command, add_summary_command, add_eval_command, add_downstream_command, add_report_command, add_gate_command, add_bench_command, add_flops_command, add_data_command, add_list_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlpbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
     return parser
 
 

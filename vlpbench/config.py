@@ -183,9 +183,6 @@ class MethodConfig(StrictModel):
         if downstream.tasks and not can.fusion:
             return [f"downstream.tasks: {self.name!r} exposes no fused image-text states (its capabilities: "
                     f"{can.describe()}), which every downstream pipeline reads"]
-        if "nlvr2" in downstream.tasks and downstream.nlvr2.design == "replicated" and not can.single_stream:
-            return [f"downstream.nlvr2.design: 'replicated' (ALBEF's two blocks per fusion layer) needs a "
-                    f"single-stream fusion, and {self.name!r} fuses with two streams; use design: pair"]
         return []
 
     def check(self, experiment: "ExperimentConfig", at: str = "method") -> list[str]:
@@ -253,8 +250,10 @@ class DistilledContrastConfig(MomentumContrastConfig):
         return problems
 
 
-class TrainConfig(StrictModel):
-    steps: int | None = Field(None, ge=1)  # optional with a flop_budget, which then sets it
+class OptimizationConfig(StrictModel):
+    """How a model is trained: what pre-training (``TrainConfig``) and a downstream task
+    (``FinetuneTrainConfig``) share, and all the trainer reads."""
+    steps: int = Field(..., ge=1)
     batch_size: int = Field(..., ge=2)
     grad_accum_steps: int = Field(1, ge=1)
     optimizer: Literal["adamw", "adafactor"] = "adamw"  # betas apply to AdamW only
@@ -267,7 +266,6 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     # blocks: torch.compile each transformer block (Inductor fuses its element-wise work); the
     # first steps then pay the compilation (~2 min at the base preset on 2 CPU cores)
@@ -275,17 +273,27 @@ class TrainConfig(StrictModel):
     # CPU, glibc: freed tensors stay in the process instead of being unmapped and faulted in again
     # every step (vlpbench.runtime.keep_freed_memory)
     keep_freed_memory: bool = True
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> "OptimizationConfig":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class TrainConfig(OptimizationConfig):
+    """Pre-training's optimisation, where it runs, and its compute budget."""
+    steps: int | None = Field(None, ge=1)  # optional with a flop_budget, which then sets it
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # downstream tasks run where pre-training ran
     # training compute in PFLOP (forward + backward, attention included, vlpbench flops' count per
     # sample x samples); when set, the run's steps are those that spend it (vlpbench.budget), so
     # methods of different cost get the same compute
     flop_budget: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
-    def _lr_order(self) -> "TrainConfig":
+    def _steps_or_budget(self) -> "TrainConfig":
         if self.steps is None and self.flop_budget is None:
             raise ValueError("train.steps: required unless train.flop_budget is set")
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self
 
 
@@ -332,7 +340,7 @@ class EvalConfig(StrictModel):
 
 # ---- downstream tasks (vlpbench.downstream): fine-tuned from the pre-trained model ----
 
-class FinetuneTrainConfig(TrainConfig):
+class FinetuneTrainConfig(OptimizationConfig):
     """A task's own optimisation; the model starts from the pre-trained run's weights."""
     steps: int = Field(300, ge=1)
     batch_size: int = Field(32, ge=2)
@@ -348,57 +356,24 @@ class TaskData(StrictModel):
 
 
 class TaskConfig(StrictModel):
+    """Base of every downstream task's config (``downstream.<task>``); a task adds its own keys in
+    its own file (``vlpbench/downstream/``) and registers with ``registry.register_task``."""
     train: FinetuneTrainConfig = FinetuneTrainConfig()
     data: TaskData = TaskData()
     # fine-tuning resolution (ALBEF: 384 after pre-training at 256); position embeddings are resampled
     image_size: int | None = Field(None, ge=16)
     eval_batch_size: int = Field(64, ge=1)
 
-
-class MatchingFinetuneConfig(TaskConfig):
-    """Retrieval fine-tuning (ALBEF Sec. 5): ITC with every caption of an image a positive, and ITM."""
-    hard_negatives: bool = True  # ITM negatives from the ITC similarities (never the same image); false: uniform
-    temp: float = Field(0.07, gt=0.0)  # ITC temperature for methods that do not learn one (fixed)
-
-
-class RetrievalTaskConfig(MatchingFinetuneConfig):
-    eval: RetrievalEvalConfig = RetrievalEvalConfig()
-
-
-class VQATaskConfig(TaskConfig):
-    head: Literal["generation", "classification"] = "generation"  # ALBEF / LightVLP
-    answer_list: str | None = None  # JSON list of candidate answers (ALBEF: 3,128); None: the training answers
-    k_test: int = Field(128, ge=1)  # candidates the first-token filter keeps for full-sequence scoring
-
-
-class NLVR2TaskConfig(TaskConfig):
-    # replicated: ALBEF's two blocks per fusion layer (one per image), single-stream fusion only;
-    # pair: each image fused with the statement on its own, the two pooled states concatenated (METER)
-    design: Literal["replicated", "pair"] = "replicated"
-    sharing: Literal["key_value", "cross_attention", "all", "none"] = "key_value"  # ALBEF Table 7
-
-
-class GroundingData(TaskData):
-    candidates: AnnotationSource | None = None  # {image: [[x, y, w, h], ..]}; None: the embedded dataset's
-
-
-class GroundingTaskConfig(MatchingFinetuneConfig):
-    data: GroundingData = GroundingData()
-    gradcam_layer: int = Field(2, ge=0)  # index into the text-to-image cross-attention layers (ALBEF: the 3rd)
-    box_alpha: float = Field(0.5, ge=0.0)  # box score = heat-map sum over the box / area ** box_alpha
-    iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
-
-
-DOWNSTREAM_TASKS = ("retrieval", "vqa", "nlvr2", "snli_ve", "grounding")
+    def check(self, experiment: "ExperimentConfig", at: str) -> list[str]:
+        """Problems of this task with the rest of ``experiment`` (its method), as ``"key.path: message"``
+        strings with this section's keys under ``at``."""
+        return []
 
 
 class DownstreamConfig(StrictModel):
-    tasks: list[Literal[DOWNSTREAM_TASKS]] = []  # run in this order after pre-training
-    retrieval: RetrievalTaskConfig = RetrievalTaskConfig()
-    vqa: VQATaskConfig = VQATaskConfig()
-    nlvr2: NLVR2TaskConfig = NLVR2TaskConfig()
-    snli_ve: TaskConfig = TaskConfig()
-    grounding: GroundingTaskConfig = GroundingTaskConfig()
+    """``downstream``: the tasks to run, and each registered task's section (``downstream_model``
+    adds them to this base, so that a new task needs no edit here)."""
+    tasks: list[str] = []  # run in this order after pre-training
 
     @model_validator(mode="before")
     @classmethod
@@ -412,6 +387,18 @@ class DownstreamConfig(StrictModel):
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"a task is listed twice: {tasks}")
         return tasks
+
+    def task(self, name: str) -> TaskConfig:
+        return getattr(self, name)
+
+
+@functools.cache
+def downstream_model() -> type[DownstreamConfig]:
+    """``DownstreamConfig`` with ``tasks`` limited to the registered tasks and a section for each."""
+    from vlpbench.registry import available_tasks, get_task
+    names = tuple(available_tasks())
+    sections = {name: (get_task(name).config_class, get_task(name).config_class()) for name in names}
+    return create_model("DownstreamConfig", __base__=DownstreamConfig, tasks=(list[Literal[names]], []), **sections)
 
 
 class ExperimentConfig(StrictModel):
@@ -450,11 +437,8 @@ class ExperimentConfig(StrictModel):
             if retrieval.fold_images > images:
                 problems.append(f"eval.retrieval.fold_images: {retrieval.fold_images}, but the test split has {images} "
                                 "images (data.embedded.num_test_images, eval.retrieval.max_images)")
-        if "grounding" in self.downstream.tasks:
-            layers, layer = self.method.cross_attention_layers(self), self.downstream.grounding.gradcam_layer
-            if layer >= layers:
-                problems.append(f"downstream.grounding.gradcam_layer: {layer}, but {self.method.name!r} builds {layers} "
-                                f"text-to-image cross-attention layers here (expected 0..{layers - 1})")
+        for task in self.downstream.tasks:
+            problems += self.downstream.task(task).check(self, f"downstream.{task}")
         if self.data.max_text_len > TEXT_PRESETS[self.model.text.preset].max_positions:
             problems.append(f"data.max_text_len: {self.data.max_text_len} exceeds the {self.model.text.preset} "
                             f"preset's {TEXT_PRESETS[self.model.text.preset].max_positions} positions")
@@ -608,7 +592,9 @@ def validate_arguments(model: type[StrictModel], values: dict, flags: dict[str, 
 
 @functools.cache
 def _experiment_model(method_config: type[MethodConfig]) -> type[ExperimentConfig]:
-    return create_model(f"Experiment_{method_config.__name__}", __base__=ExperimentConfig, method=(method_config, ...))
+    downstream = downstream_model()
+    return create_model(f"Experiment_{method_config.__name__}", __base__=ExperimentConfig, method=(method_config, ...),
+                        downstream=(downstream, downstream()))
 
 
 def format_validation_error(exc: ValidationError, file: str, schema: type[BaseModel],

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,10 +20,6 @@ from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.method import FusedPair, VLPMethod
 from vlpbench.zoo.tokenizer import TextTokenizer
-
-# the embedded dataset's annotation files of each task: <prefix>_train.json, <prefix>_test.json
-EMBEDDED_PREFIX = {"retrieval": "retrieval", "vqa": "vqa", "nlvr2": "nlvr", "snli_ve": "ve", "grounding": "grounding"}
-
 
 @dataclass
 class TaskBatch:
@@ -105,7 +102,11 @@ class DownstreamTask(abc.ABC):
     """One downstream task: its data (opened and validated at construction), its model around
     the pre-trained method, its training batches and its evaluation."""
 
-    name: str
+    name: ClassVar[str]
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig  # the task's section, downstream.<name>
+    # the embedded dataset's annotation files of the task: <prefix>_train.json, <prefix>_test.json
+    # (None: the task's name)
+    embedded_prefix: ClassVar[str | None] = None
 
     def __init__(self, cfg: ExperimentConfig, task_cfg: TaskConfig, tokenizer: TextTokenizer, image_size: int,
                  log=print):
@@ -120,7 +121,8 @@ class DownstreamTask(abc.ABC):
         if configured is not None:
             return configured
         folder = ensure_embedded_dataset(self.cfg.data.embedded, self.log)
-        return AnnotationSource(ann=str(folder / f"{EMBEDDED_PREFIX[self.name]}_{split}.json"), image_root=str(folder))
+        prefix = self.embedded_prefix or self.name
+        return AnnotationSource(ann=str(folder / f"{prefix}_{split}.json"), image_root=str(folder))
 
     def open_records(self, split: str, parse: Callable) -> list:
         """The split's records, each checked by ``parse`` (bad ones: an error, or skipped and counted)."""

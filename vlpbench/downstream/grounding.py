@@ -16,11 +16,15 @@ from pathlib import Path
 
 import torch
 
+from pydantic import Field
+
+from vlpbench.config import AnnotationSource, TaskData
 from vlpbench.data.datasets import DatasetError, ImageCaptions, RecordError, check_image, load_image, text_field
 from vlpbench.data.embedded import ensure_embedded_dataset
-from vlpbench.downstream.retrieval import CaptionPairs, MatchingFinetune, MatchingTask
+from vlpbench.downstream.retrieval import CaptionPairs, MatchingFinetune, MatchingFinetuneConfig, MatchingTask
 from vlpbench.downstream.common import KeyedDataset
 from vlpbench.gradcam import box_iou, box_scores, cross_attention_gradcam, upsample
+from vlpbench.registry import register_task
 
 
 @dataclass
@@ -59,8 +63,28 @@ def read_candidates(path: str) -> dict[str, torch.Tensor]:
     return {image: torch.tensor(boxes, dtype=torch.float32) for image, boxes in raw.items()}
 
 
+class GroundingData(TaskData):
+    candidates: AnnotationSource | None = None  # {image: [[x, y, w, h], ..]}; None: the embedded dataset's
+
+
+class GroundingTaskConfig(MatchingFinetuneConfig):
+    data: GroundingData = GroundingData()
+    gradcam_layer: int = Field(2, ge=0)  # index into the text-to-image cross-attention layers (ALBEF: the 3rd)
+    box_alpha: float = Field(0.5, ge=0.0)  # box score = heat-map sum over the box / area ** box_alpha
+    iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
+
+    def check(self, experiment, at: str) -> list[str]:
+        layers = experiment.method.cross_attention_layers(experiment)
+        if self.gradcam_layer >= layers:
+            return [f"{at}.gradcam_layer: {self.gradcam_layer}, but {experiment.method.name!r} builds {layers} "
+                    f"text-to-image cross-attention layers here (expected 0..{layers - 1})"]
+        return []
+
+
+@register_task
 class GroundingTask(MatchingTask):
     name = "grounding"
+    config_class = GroundingTaskConfig
 
     def train_dataset(self) -> KeyedDataset:
         records = self.open_records("train", parse_grounding)

@@ -18,14 +18,17 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
+from vlpbench.config import TaskConfig
 from vlpbench.data.datasets import RecordError, check_image
 from vlpbench.downstream.common import ClassifierHead
 from vlpbench.downstream.snli_ve import ClassificationTask, PairClassifier, parse_sentence
 from vlpbench.method import FusionStream, VLPMethod
+from vlpbench.registry import register_task
 from vlpbench.zoo.layers import padding_mask_to_attn_mask
 
 TRUTH = {"true": 1, "false": 0, True: 1, False: 0}  # 1 and 0 match True and False
@@ -91,8 +94,25 @@ class PairNLVR2(PairClassifier):
         return self.head(torch.cat(pooled, dim=-1))
 
 
+class NLVR2TaskConfig(TaskConfig):
+    # replicated: ALBEF's two blocks per fusion layer (one per image), single-stream fusion only;
+    # pair: each image fused with the statement on its own, the two pooled states concatenated (METER)
+    design: Literal["replicated", "pair"] = "replicated"
+    sharing: Literal["key_value", "cross_attention", "all", "none"] = "key_value"  # ALBEF Table 7
+
+    def check(self, experiment, at: str) -> list[str]:
+        method = experiment.method
+        if self.design == "replicated" and not method.capabilities().single_stream:
+            return [f"{at}.design: 'replicated' (ALBEF's two blocks per fusion layer) needs a single-stream "
+                    f"fusion, and {method.name!r} fuses with two streams; use design: pair"]
+        return []
+
+
+@register_task
 class NLVR2Task(ClassificationTask):
     name = "nlvr2"
+    embedded_prefix = "nlvr"
+    config_class = NLVR2TaskConfig
     parse = staticmethod(parse_nlvr2)
     num_classes = 2
 

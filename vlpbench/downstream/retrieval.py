@@ -13,12 +13,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlpbench.config import MatchingFinetuneConfig
+from pydantic import Field
+
+from vlpbench.config import RetrievalEvalConfig, TaskConfig
 from vlpbench.data.datasets import ImageCaptions, RetrievalDataset, parse_image_captions
 from vlpbench.downstream.common import DownstreamTask, KeyedDataset, TaskBatch, TaskModel
 from vlpbench.evaluation import evaluate_retrieval
 from vlpbench.losses import itm_pairs, multi_positive_contrastive_loss, sample_itm_negatives
 from vlpbench.method import Progress, VLPMethod
+from vlpbench.registry import register_task
+
+
+class MatchingFinetuneConfig(TaskConfig):
+    """Retrieval fine-tuning (ALBEF Sec. 5): ITC with every caption of an image a positive, and ITM."""
+    hard_negatives: bool = True  # ITM negatives from the ITC similarities (never the same image); false: uniform
+    temp: float = Field(0.07, gt=0.0)  # ITC temperature for methods that do not learn one (fixed)
+
+
+class RetrievalTaskConfig(MatchingFinetuneConfig):
+    eval: RetrievalEvalConfig = RetrievalEvalConfig()
 
 
 class MatchingFinetune(TaskModel):
@@ -77,8 +90,10 @@ class MatchingTask(DownstreamTask):
         return MatchingFinetune(method, self.task_cfg)
 
 
+@register_task
 class RetrievalTask(MatchingTask):
     name = "retrieval"
+    config_class = RetrievalTaskConfig
 
     def evaluate(self, model: MatchingFinetune, device: torch.device) -> dict:
         method, cfg = model.method, self.task_cfg

@@ -18,27 +18,51 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import torch
 import yaml
 
 from vlpbench import pipeline
-from vlpbench.config import ConfigError, ExperimentConfig, config_differences
-from vlpbench.downstream.common import DownstreamTask
-from vlpbench.downstream.grounding import GroundingTask
-from vlpbench.downstream.nlvr2 import NLVR2Task
-from vlpbench.downstream.retrieval import RetrievalTask
-from vlpbench.downstream.snli_ve import SNLIVETask
-from vlpbench.downstream.vqa import VQATask
+from vlpbench.config import ConfigError, ExperimentConfig, config_differences, config_from_dict, read_yaml_with_base
 from vlpbench.evaluation import eval_mode
 from vlpbench.io import write_json, write_text
+from vlpbench.registry import available_tasks, get_task
 from vlpbench.rundir import RunDir
 from vlpbench.train import StoppedBySignal, Trainer, TrainingSetup
 from vlpbench.zoo.vision import VisionEncoder
 
-TASKS: dict[str, type[DownstreamTask]] = {"retrieval": RetrievalTask, "vqa": VQATask, "nlvr2": NLVR2Task,
-                                          "snli_ve": SNLIVETask, "grounding": GroundingTask}
+# what may change after pre-training: the tasks' settings, and how bad records are met
+DOWNSTREAM_OVERRIDABLE = ("downstream.", "data.on_bad_record=", "data.verify_images=")
+
+
+def downstream_config(run: RunDir, overrides: list[str], settings: str | None = None,
+                      tasks: list[str] | None = None) -> tuple[ExperimentConfig, list[str]]:
+    """The config and tasks ``vlpbench downstream`` runs on a pre-training run: the run's saved
+    config with ``overrides`` (``downstream.*`` only) and, with ``settings``, another experiment
+    file's ``downstream`` section; ``tasks`` (default: its ``downstream.tasks``) are checked against
+    the method as config load checks them."""
+    if not (run.path / "config.yaml").is_file():
+        raise ConfigError(f"{run.path}: not a run directory (expected config.yaml in it)")
+    wrong = [o for o in overrides if not o.startswith(DOWNSTREAM_OVERRIDABLE)]
+    if wrong:
+        raise ConfigError(f"-o {wrong[0]}: only downstream.* settings (and data.on_bad_record, data.verify_images) "
+                          "can change after pre-training")
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    if settings:  # the task settings of an experiment file instead of those the run was made with
+        saved["downstream"] = read_yaml_with_base(Path(settings)).get("downstream", {})
+    source = str(run.path / "config.yaml")
+    tasks = list(tasks or config_from_dict(saved, source=source, overrides=overrides).downstream.tasks)
+    if not tasks:
+        raise ConfigError(f"--tasks: none given and {run.path}'s downstream.tasks is empty")
+    unknown = sorted(set(tasks) - set(available_tasks()))
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task(s) {unknown}; expected some of {available_tasks()}")
+    cfg = config_from_dict(saved, source=source, overrides=[*overrides, f"downstream.tasks={tasks}"])
+    if run.latest_checkpoint() is None:
+        raise ConfigError(f"{run.path}: no pre-training checkpoint to start the tasks from")
+    return cfg, tasks
 
 
 def run_tasks(run: RunDir, cfg: ExperimentConfig, device: torch.device, tasks: list[str] | None = None,
@@ -88,7 +112,7 @@ def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device
     for module in method.modules():
         if isinstance(module, VisionEncoder):
             module.set_image_size(image_size)
-    task = TASKS[name](cfg, task_cfg, tokenizer, image_size, log)
+    task = get_task(name)(cfg, task_cfg, tokenizer, image_size, log)
     torch.manual_seed(cfg.seed)  # the task head's initialisation
     model = task.build_model(method).to(device)
     trainer = Trainer(task_cfg.train, task_setup(cfg, name), model, task.train_dataset(), task.collate, task_run,

@@ -17,6 +17,7 @@ from vlpbench.data.datasets import RecordError, check_image, text_field
 from vlpbench.downstream.common import (ClassifierHead, DownstreamTask, KeyedDataset, TaskBatch, TaskModel, accuracy,
                                         frame_prior, fuse_batch, majority_share)
 from vlpbench.method import Progress, VLPMethod
+from vlpbench.registry import register_task
 
 LABELS = ("entailment", "neutral", "contradiction")
 
@@ -89,8 +90,10 @@ class ClassificationTask(DownstreamTask):
                 "num_test": len(records)}
 
 
+@register_task
 class SNLIVETask(ClassificationTask):
     name = "snli_ve"
+    embedded_prefix = "ve"
     parse = staticmethod(parse_ve)
     num_classes = len(LABELS)
 

@@ -23,11 +23,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlpbench.config import ConfigError
+from typing import Literal
+
+from pydantic import Field
+
+from vlpbench.config import ConfigError, TaskConfig
 from vlpbench.data.datasets import RecordError, check_image, text_field
 from vlpbench.downstream.common import (ClassifierHead, DownstreamTask, KeyedDataset, TaskBatch, TaskModel,
                                         frame_prior, fuse_batch)
 from vlpbench.method import Progress, VLPMethod
+from vlpbench.registry import register_task
 from vlpbench.zoo.answer_decoder import AnswerDecoder, rank_candidates
 
 
@@ -105,8 +110,16 @@ class VQAGenerator(TaskModel):
         return rank_candidates(first, k, sequence_scores)
 
 
+class VQATaskConfig(TaskConfig):
+    head: Literal["generation", "classification"] = "generation"  # ALBEF / LightVLP
+    answer_list: str | None = None  # JSON list of candidate answers (ALBEF: 3,128); None: the training answers
+    k_test: int = Field(128, ge=1)  # candidates the first-token filter keeps for full-sequence scoring
+
+
+@register_task
 class VQATask(DownstreamTask):
     name = "vqa"
+    config_class = VQATaskConfig
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
