@@ -84,7 +84,7 @@ def test_reading_runs_and_results_imports_no_torch():
     """Reading a sweep's states, results and reports costs file reads, not a torch import."""
     import subprocess
     import sys
-    code = ("import sys, vlpbench.runs, vlpbench.results, vlpbench.summary, vlpbench.report; "
+    code = ("import sys, vlpbench.runs, vlpbench.results, vlpbench.summary, vlpbench.report, vlpbench.report_writer; "
             "print(sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

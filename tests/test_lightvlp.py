@@ -5,12 +5,14 @@ import pytest
 import torch
 from conftest import train_on_one_batch
 
+import vlpbench
 from vlpbench.analysis import roc_auc
 from vlpbench.cli import main
 from vlpbench.config import config_from_dict
 from vlpbench.experiment import run_experiment
 from vlpbench.method import Batch, Progress
 from vlpbench.pipeline import build_method
+from vlpbench.report import Cell, RunRecord
 from vlpbench.rundir import RunDir
 from vlpbench.zoo import train_wordpiece
 
@@ -130,3 +132,23 @@ def test_match_score_is_the_gate_logit_of_the_full_cross_stacks(tiny_config, cro
     image = method.encode_image(b.images).states
     torch.testing.assert_close(method.match_score(text, b.attention_mask, image),
                                method.interact(image, text, b.attention_mask)[2], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_records_its_gate_and_a_report_plots_it_without_a_model(tiny_config, tmp_path, monkeypatch):
+    tiny_config["method"] = dict(MINI)
+    tiny_config["data"]["embedded"]["noisy_fraction"] = 0.5
+    tiny_config["eval"]["gate_pairs"] = 20
+    cfg = config_from_dict(tiny_config)
+    run = RunDir.create(cfg)
+    recorded = run_experiment(cfg, run, log=lambda *_: None)["gate"]
+    assert sum(sum(counts) for counts in recorded["p_histogram"].values()) == 20
+    assert all(len(counts) == 20 for counts in recorded["p_histogram"].values())
+    again = vlpbench.evaluate(run.path, task="gate", device="cpu", max_pairs=20)  # from the final checkpoint
+    assert again["p_histogram"] == recorded["p_histogram"] and again["auc"] == pytest.approx(recorded["auc"])
+
+    from vlpbench import pipeline, report_writer
+    monkeypatch.setattr(pipeline, "load_trained", lambda *a: pytest.fail("the report loaded a model"))
+    record = RunRecord(run.path.name, run.path, {}, 0, "done", json.loads((run.path / "results.json").read_text()))
+    run_id, histogram = report_writer.recorded_gate([Cell({}, [record])])
+    assert (run_id, histogram) == (run.path.name, recorded["p_histogram"])
+    assert report_writer.plots.gate_histogram(histogram, "t", tmp_path / "gate.png").is_file()

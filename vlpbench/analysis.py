@@ -24,6 +24,9 @@ from vlpbench.zoo.tokenizer import TextTokenizer
 CLEAN = "clean"
 
 
+P_BINS = 20  # the gate histogram's bins over [0, 1]
+
+
 def quantiles(values: torch.Tensor) -> dict[str, float]:
     q = torch.quantile(values.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.double)).tolist()
     return {"mean": float(values.double().mean()), "q10": q[0], "median": q[1], "q90": q[2]}
@@ -31,10 +34,10 @@ def quantiles(values: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def matching_separation(method: VLPMethod, entries: list[ImageCaptions], tokenizer: TextTokenizer, image_size: int,
-                        max_text_len: int, batch_size: int, device: torch.device, keep_values: bool = False) -> dict:
+                        max_text_len: int, batch_size: int, device: torch.device) -> dict:
     """Scores of every (image, caption) pair of ``entries`` grouped by noise kind; AUC of clean vs
-    each noisy kind and vs all noisy pairs; quantiles of p where the method defines it (and with
-    ``keep_values`` every pair's p, by kind, as ``p_values``)."""
+    each noisy kind and vs all noisy pairs; where the method's score is a gate, the quantiles of p
+    and their histogram (``P_BINS`` bins over [0, 1]), by kind."""
     dataset = RetrievalDataset(entries, ImageTransform(image_size))
     kinds = [e.noise or CLEAN for e in entries for _ in e.captions]
     with eval_mode(method):
@@ -55,6 +58,6 @@ def matching_separation(method: VLPMethod, entries: list[ImageCaptions], tokeniz
         probability = method.match_probability(scores)
         by_kind = {kind: probability[[k == kind for k in kinds]] for kind in groups}
         result["p"] = {kind: quantiles(values) for kind, values in by_kind.items()}
-        if keep_values:
-            result["p_values"] = {kind: values.tolist() for kind, values in by_kind.items()}
+        result["p_histogram"] = {kind: torch.histc(values.float(), P_BINS, 0.0, 1.0).long().tolist()
+                                 for kind, values in by_kind.items()}
     return result

@@ -336,6 +336,10 @@ class EvalConfig(StrictModel):
     # instead of the last step's; the final checkpoint holds the average. None: the last weights
     ema: float | None = Field(None, ge=0.0, lt=1.0)
     flat_tolerance: float = Field(0.01, ge=0.0)
+    # a method whose matching score is a gate (LightVLP): after retrieval, its gate p on this many
+    # pre-training pairs goes to results.json ("gate": AUCs, quantiles and histogram of p by pair
+    # kind, which reports plot without loading a model); 0: not recorded
+    gate_pairs: int = Field(2000, ge=0)
 
 
 # ---- downstream tasks (vlpbench.downstream): fine-tuned from the pre-trained model ----

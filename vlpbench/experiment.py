@@ -137,6 +137,9 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
         try:
             results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                       cfg.data.max_text_len, device)
+            if cfg.method.capabilities().gate and cfg.eval.gate_pairs:
+                results["gate"] = gate_analysis(cfg, method, tokenizer, None, None, cfg.eval.gate_pairs,
+                                                cfg.eval.retrieval.batch_size, device)
         except Exception as exc:
             results["retrieval_error"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             run.write_results(results)

@@ -143,12 +143,15 @@ def ablation_bars(cells: list[Cell], metric: str, label: str, title: str, path: 
     return _save(fig, path)
 
 
-def gate_histogram(probabilities: dict[str, list[float]], title: str, path: Path) -> Path:
-    """LightVLP's gate p (Eq. 5) for matched and noisy pre-training pairs (the paper's Fig. 4)."""
+def gate_histogram(histogram: dict[str, list[int]], title: str, path: Path) -> Path:
+    """LightVLP's gate p (Eq. 5) for matched and noisy pre-training pairs (the paper's Fig. 4), from
+    the per-kind counts over equal bins of [0, 1] that the run recorded."""
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    bins = np.linspace(0, 1, 21)
-    for kind, values in probabilities.items():
-        ax.hist(values, bins=bins, alpha=0.55, density=True, label=f"{kind} (n={len(values)})")
+    for kind, counts in histogram.items():
+        counts = np.asarray(counts, dtype=float)
+        edges = np.linspace(0, 1, len(counts) + 1)
+        density = counts / max(counts.sum(), 1.0) / np.diff(edges)
+        ax.stairs(density, edges, fill=True, alpha=0.55, label=f"{kind} (n={int(counts.sum())})")
     ax.set_xlabel("matching probability p (gate)")
     ax.set_ylabel("density (pairs per unit p)")
     ax.set_title(f"{title}: gate p, matched vs noisy pairs", fontsize=10)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from vlpbench import plots
 from vlpbench.config import ConfigError
@@ -130,24 +129,15 @@ def configuration_flops(cells: list[Cell]) -> dict[str, float]:
     return out
 
 
-def gate_probabilities(cells: list[Cell], max_pairs: int = 2000) -> tuple[str, dict[str, list[float]]] | None:
-    """LightVLP's gate p on the pre-training pairs of the first finished run, by pair kind, with
-    that run's id."""
-    from vlpbench.analysis import matching_separation
-    from vlpbench.config import AnnotationSource
-    from vlpbench.data.datasets import SkipReport
-    from vlpbench.pipeline import load_trained
-    from vlpbench.pipeline import data_sources, image_size_of, open_entries
-    from vlpbench.rundir import RunDir
-    run = next((r for c in cells for r in c.done if RunDir(r.run_dir).latest_checkpoint() is not None), None)
-    if run is None or not run.config.method.capabilities().gate:  # (a run whose checkpoints were removed: none)
-        return None
-    cfg, method, tokenizer = load_trained(run.run_dir, torch.device("cpu"))
-    source: AnnotationSource = data_sources(cfg, log=lambda *a: None)["pretrain"]
-    entries = open_entries(source, cfg, SkipReport())[:max_pairs]
-    result = matching_separation(method, entries, tokenizer, image_size_of(cfg.model.vision), cfg.data.max_text_len,
-                                 128, torch.device("cpu"), keep_values=True)
-    return run.run_id, result["p_values"]
+def recorded_gate(cells: list[Cell]) -> tuple[str, dict[str, list[int]]] | None:
+    """The gate p histogram by pair kind that the first finished run of a gate method recorded
+    (``results.json`` ``gate``, ``eval.gate_pairs``), with that run's id."""
+    for cell in cells:
+        for run in cell.done:
+            histogram = (run.results.get("gate") or {}).get("p_histogram")
+            if histogram:
+                return run.run_id, histogram
+    return None
 
 
 FINISHED_LINE = re.compile(r"(\d+) of (\d+) runs finished")
@@ -220,10 +210,10 @@ def make_plots(cells: list[Cell], report: ReportConfig, flops: dict | None, name
                                             folder / "heatmap.png")
     figures["Training loss"] = plots.loss_curves(cells, name, folder / "loss_curves.png")
     figures["Per configuration"] = plots.ablation_bars(cells, headline, label, name, folder / "ablation_bars.png")
-    gate = gate_probabilities(cells)
+    gate = recorded_gate(cells)
     if gate:
-        run_id, probabilities = gate
-        figures["LightVLP gate p"] = plots.gate_histogram(probabilities, f"{name}/{run_id}",
+        run_id, histogram = gate
+        figures["LightVLP gate p"] = plots.gate_histogram(histogram, f"{name}/{run_id}",
                                                           folder / "gate_histogram.png")
     return figures
 
