@@ -9,7 +9,7 @@ import torch
 from vlpbench import distributed, pipeline, unimodal
 from vlpbench.budget import compute_record
 from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences)
-from vlpbench.data.datasets import ImageCaptions, SkipReport
+from vlpbench.data.datasets import ImageCaptions, PretrainDataset, RetrievalDataset, SkipReport
 from vlpbench.diagnostics import run_verdicts
 from vlpbench.analysis import matching_separation
 from vlpbench.errors import UserError
@@ -66,64 +66,20 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     if cfg.downstream.tasks and distributed.world_size() > 1:
         raise ConfigError("downstream.tasks: downstream tasks run in one process; pre-train data-parallel without "
                           "them, then run `vlpbench downstream RUN_DIR`")
-    sources = pipeline.data_sources(cfg, log)
-    skips = SkipReport()
-    entries = pipeline.open_entries(sources["pretrain"], cfg, skips)
-    dataset = pipeline.pretrain_dataset(entries, cfg, skips)
-    retrieval = None
-    if cfg.eval.retrieval.enabled:
-        retrieval = pipeline.retrieval_dataset(pipeline.open_entries(sources["retrieval_test"], cfg, skips), cfg)
-    if skips.total:
-        log(f"skipped {skips.total} bad records: {skips.summary()}")
-    tokenizer_file = run.path / "tokenizer.json"
-    if built is not None:
-        tokenizer, method = built[0], built[1].to(device)
-        tokenizer.save(tokenizer_file)
-    else:
-        tokenizer = (TextTokenizer.load(tokenizer_file) if resume and tokenizer_file.is_file()
-                     else pipeline.build_tokenizer(cfg, entries, tokenizer_file))
-        method = build_model(cfg, entries, tokenizer, device, log)
-    if distributed.is_main():
-        record_pretrained_loads(pipeline.load_reports(method), run, log)
+    entries, dataset, retrieval, skips = open_data(cfg, log)
+    tokenizer, method = prepare_model(cfg, run, entries, resume, built, device, log)
     trainer = Trainer.for_experiment(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run,
                                      device)
     if resume:
-        checkpoint = run.read_latest_checkpoint(device, log)
-        if checkpoint is None:
-            log(f"no checkpoint in {run.checkpoints}; starting from step 0")
-            run.truncate_metrics(0)  # lines an earlier, failed attempt logged
-        else:
-            check_checkpoint_config(checkpoint, cfg, run)
-            trainer.load_checkpoint(checkpoint)
-            run.truncate_metrics(trainer.step)
-            log(f"resuming {run.path} from step {trainer.step}")
+        resume_training(trainer, cfg, run, device, log)
     if distributed.is_main():
         run.write_env(device, resumed_at=trainer.step if resume else None)
-
-    contrastive = cfg.method.capabilities().contrastive_embedding
     results = {"experiment": cfg.name, "method": cfg.method.name, "run_dir": str(run.path),
                "skipped_records": skips.as_dict()}
     if retrieval is not None and cfg.eval.retrieval.before_training and trainer.step == 0 and distributed.is_main():
         results["retrieval_untrained"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
                                                             cfg.data.max_text_len, device)
-    curve = None
-    if retrieval is not None and cfg.eval.every_steps and not contrastive:
-        log("no learning curve: it is ITC-only retrieval, and this method has no contrastive embedding")
-    elif retrieval is not None and cfg.eval.every_steps:
-        curve = LearningCurve(retrieval, cfg.eval.curve_images, tokenizer, cfg.eval.retrieval.batch_size,
-                              cfg.data.max_text_len, device)
-    if cfg.pretrain:
-        earlier = _finished_training(run, cfg, trainer, log) if resume else None
-        results["train"] = earlier or trainer.fit(tokenizer.to_json(), stop_at, curve)
-        results["complete"] = trainer.step == cfg.train.steps
-        if results["complete"]:
-            results["diagnostics"] = run_verdicts(run.metrics_file, cfg.method.itm_positive_fraction(),
-                                                  cfg.eval.itm_learned_margin, cfg.eval.flat_tolerance)
-    else:  # the initial weights, checkpointed for evaluation and downstream tasks
-        if distributed.is_main():
-            trainer.save_checkpoint(tokenizer.to_json())
-        results["train"], results["complete"] = {"steps": 0, "pretrain": False}, True
-    results["train"]["processes"] = distributed.world_size()
+    results.update(pretrain(cfg, run, trainer, tokenizer, retrieval, resume, stop_at, device, log))
     if not distributed.is_main():  # process 0 writes and evaluates
         return results
     with torch.random.fork_rng(devices=[]):  # the count draws random weights; evaluation's draws stay the run's
@@ -134,26 +90,104 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     results["pending"] = [part for part, wanted in due.items() if wanted and results["complete"]]
     run.write_results(results)  # the training result is on disk before evaluation starts
     if "retrieval" in results["pending"]:
-        try:
-            results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
-                                                      cfg.data.max_text_len, device)
-            if cfg.method.capabilities().gate and cfg.eval.gate_pairs:
-                results["gate"] = gate_analysis(cfg, method, tokenizer, None, None, cfg.eval.gate_pairs,
-                                                cfg.eval.retrieval.batch_size, device)
-        except Exception as exc:
-            results["retrieval_error"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-            run.write_results(results)
-            raise EvaluationError(f"training finished and is checkpointed, but retrieval evaluation failed: "
-                                  f"{type(exc).__name__}: {exc}. {run.path / 'results.json'} holds the training "
-                                  f"result and the traceback; retry with `vlpbench eval {run.path} ...`") from exc
-        results["pending"].remove("retrieval")
-        run.write_results(results)
+        evaluate_run(cfg, run, method, tokenizer, retrieval, device, results)
     if "downstream" in results["pending"]:
         from vlpbench.downstream.runner import run_tasks  # the tasks load the pre-trained run as eval does
         results["downstream"] = run_tasks(run, cfg, device, log=log)
         results["pending"].remove("downstream")
         run.write_results(results)
     return results
+
+
+def open_data(cfg: ExperimentConfig, log) -> tuple[list[ImageCaptions], PretrainDataset, RetrievalDataset | None,
+                                                  SkipReport]:
+    """The pre-training records and dataset, the retrieval test split (None when retrieval is off),
+    and the bad records skipped on the way (counted and logged)."""
+    sources = pipeline.data_sources(cfg, log)
+    skips = SkipReport()
+    entries = pipeline.open_entries(sources["pretrain"], cfg, skips)
+    dataset = pipeline.pretrain_dataset(entries, cfg, skips)
+    retrieval = None
+    if cfg.eval.retrieval.enabled:
+        retrieval = pipeline.retrieval_dataset(pipeline.open_entries(sources["retrieval_test"], cfg, skips), cfg)
+    if skips.total:
+        log(f"skipped {skips.total} bad records: {skips.summary()}")
+    return entries, dataset, retrieval, skips
+
+
+def prepare_model(cfg: ExperimentConfig, run: RunDir, entries: list[ImageCaptions], resume: bool,
+                  built: tuple[TextTokenizer, VLPMethod] | None, device: torch.device,
+                  log) -> tuple[TextTokenizer, VLPMethod]:
+    """The tokenizer (saved in the run directory; a resumed run's own) and the method to train."""
+    tokenizer_file = run.path / "tokenizer.json"
+    if built is not None:
+        tokenizer, method = built[0], built[1].to(device)
+        tokenizer.save(tokenizer_file)
+    else:
+        tokenizer = (TextTokenizer.load(tokenizer_file) if resume and tokenizer_file.is_file()
+                     else pipeline.build_tokenizer(cfg, entries, tokenizer_file))
+        method = build_model(cfg, entries, tokenizer, device, log)
+    if distributed.is_main():
+        record_pretrained_loads(pipeline.load_reports(method), run, log)
+    return tokenizer, method
+
+
+def resume_training(trainer: Trainer, cfg: ExperimentConfig, run: RunDir, device: torch.device, log) -> None:
+    """The trainer at the run's latest checkpoint (which must hold ``cfg``), or at step 0 without one."""
+    checkpoint = run.read_latest_checkpoint(device, log)
+    if checkpoint is None:
+        log(f"no checkpoint in {run.checkpoints}; starting from step 0")
+        run.truncate_metrics(0)  # lines an earlier, failed attempt logged
+        return
+    check_checkpoint_config(checkpoint, cfg, run)
+    trainer.load_checkpoint(checkpoint)
+    run.truncate_metrics(trainer.step)
+    log(f"resuming {run.path} from step {trainer.step}")
+
+
+def pretrain(cfg: ExperimentConfig, run: RunDir, trainer: Trainer, tokenizer: TextTokenizer,
+             retrieval: RetrievalDataset | None, resume: bool, stop_at: int | None, device: torch.device,
+             log) -> dict:
+    """Train (with the learning curve where asked), or checkpoint the initial weights with
+    ``pretrain: false``; the results' ``train``, ``complete`` and ``diagnostics``."""
+    if not cfg.pretrain:  # the initial weights, checkpointed for evaluation and downstream tasks
+        if distributed.is_main():
+            trainer.save_checkpoint(tokenizer.to_json())
+        return {"train": {"steps": 0, "pretrain": False, "processes": distributed.world_size()}, "complete": True}
+    curve = None
+    if retrieval is not None and cfg.eval.every_steps and not cfg.method.capabilities().contrastive_embedding:
+        log("no learning curve: it is ITC-only retrieval, and this method has no contrastive embedding")
+    elif retrieval is not None and cfg.eval.every_steps:
+        curve = LearningCurve(retrieval, cfg.eval.curve_images, tokenizer, cfg.eval.retrieval.batch_size,
+                              cfg.data.max_text_len, device)
+    earlier = _finished_training(run, cfg, trainer, log) if resume else None
+    results = {"train": earlier or trainer.fit(tokenizer.to_json(), stop_at, curve)}
+    results["train"]["processes"] = distributed.world_size()
+    results["complete"] = trainer.step == cfg.train.steps
+    if results["complete"]:
+        results["diagnostics"] = run_verdicts(run.metrics_file, cfg.method.itm_positive_fraction(),
+                                              cfg.eval.itm_learned_margin, cfg.eval.flat_tolerance)
+    return results
+
+
+def evaluate_run(cfg: ExperimentConfig, run: RunDir, method: VLPMethod, tokenizer: TextTokenizer,
+                 retrieval: RetrievalDataset, device: torch.device, results: dict) -> None:
+    """Zero-shot retrieval, and a gate method's gate, into ``results`` (written); a failure is
+    recorded with its traceback and raised as ``EvaluationError``: the training stays done."""
+    try:
+        results["retrieval"] = evaluate_retrieval(method, retrieval, tokenizer, cfg.eval.retrieval,
+                                                  cfg.data.max_text_len, device)
+        if cfg.method.capabilities().gate and cfg.eval.gate_pairs:
+            results["gate"] = gate_analysis(cfg, method, tokenizer, None, None, cfg.eval.gate_pairs,
+                                            cfg.eval.retrieval.batch_size, device)
+    except Exception as exc:
+        results["retrieval_error"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        run.write_results(results)
+        raise EvaluationError(f"training finished and is checkpointed, but retrieval evaluation failed: "
+                              f"{type(exc).__name__}: {exc}. {run.path / 'results.json'} holds the training "
+                              f"result and the traceback; retry with `vlpbench eval {run.path} ...`") from exc
+    results["pending"].remove("retrieval")
+    run.write_results(results)
 
 
 def record_pretrained_loads(reports: list[dict], run: RunDir, log) -> None:
