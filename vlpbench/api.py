@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 Experiment = str | Path | dict | ExperimentConfig
 # a method given by name: its config's defaults on the default zoo presets and embedded dataset
 BY_NAME = {"train": {"steps": 1000, "batch_size": 64}}
-# what `evaluate` runs: zero-shot retrieval, the matching score's separation of noisy pairs, or a
-# downstream task (fine-tuned from a run directory, as `vlpbench downstream` does)
+# what `evaluate` runs: zero-shot retrieval, or the matching score's separation of noisy pairs
+# (downstream tasks fine-tune first: vlpbench downstream, downstream.runner.run_tasks)
 EVALUATIONS = ("retrieval", "gate")
 
 
@@ -163,9 +163,9 @@ def run(experiment: Experiment | BuiltMethod, overrides: Sequence[str] = (), log
 
 def train_run(cfg: ExperimentConfig, run_dir: RunDir | None = None, stop_at: int | None = None,
               built: tuple[TextTokenizer, VLPMethod] | None = None, log=print) -> tuple[RunDir, dict]:
-    """Pre-train and evaluate ``cfg`` (its FLOP budget applied) in ``run_dir`` (resumed from its
-    checkpoint), or in a new run directory; under torchrun every process calls this. Returns the
-    run directory and its results."""
+    """Pre-train and evaluate ``cfg`` (its FLOP budget resolved: ``budget.apply_flop_budget``) in
+    ``run_dir`` (resumed from its checkpoint), or in a new run directory; under torchrun every
+    process calls this. Returns the run directory and its results."""
     from vlpbench import distributed
     from vlpbench.experiment import run_experiment
     from vlpbench.pipeline import runtime_device
