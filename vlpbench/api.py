@@ -150,14 +150,14 @@ def run(experiment: Experiment | BuiltMethod, overrides: Sequence[str] = (), log
     if isinstance(experiment, BuiltMethod):
         if overrides or keys:
             raise ConfigError("run(built): the method is built already; give the overrides to create_method")
-        cfg, built = experiment.config, (experiment.tokenizer, experiment.method)
+        cfg, built = experiment.config, (experiment.tokenizer, experiment.method)  # its budget resolved
     else:
         if isinstance(experiment, (str, Path)) and Path(experiment).is_file():
             sweep_table = _run_sweep(Path(experiment), override_strings(overrides, **keys), log)
             if sweep_table is not None:
                 return sweep_table
-        cfg, built = experiment_config(experiment, overrides, **keys), None
-    run_dir, _ = train_run(apply_flop_budget(cfg, log), built=built, log=log)
+        cfg, built = apply_flop_budget(experiment_config(experiment, overrides, **keys), log), None
+    run_dir, _ = train_run(cfg, built=built, log=log)
     return load_run(run_dir.path)
 
 

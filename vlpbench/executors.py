@@ -1,10 +1,11 @@
 """Executors: where a sweep's runs run, behind one interface, chosen by ``launcher.executor``.
 
 ``submit(runs)`` starts the runs and returns the handles of those still going when it returns
-(``wait()`` on each to block); ``state(job)`` is the scheduler's view of a run it submitted, read
-back from the run's ``job.json``, for an executor that hands runs to one (its reader lives in
-``vlpbench.runs.SCHEDULER_STATES``, so that reading a run's state imports no torch). A new
-executor is one class here, its name in ``EXECUTORS``, and its settings in ``LauncherConfig``.
+(``wait()`` on each to block). An executor that hands runs to a scheduler writes each run's
+``job.json`` (its name, the job id), and the scheduler's view of such a run is read back by
+``vlpbench.runs.SCHEDULER_STATES[name]``, which imports no torch, so that ``vlpbench status``
+and reports read run states without this module. A new executor is one class here, its name in
+``EXECUTORS``, its settings in ``LauncherConfig``, and, if it uses a scheduler, its state reader there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from vlpbench.experiment import EvaluationError
 from vlpbench.io import write_json
 from vlpbench.launch import RunJob, execute, write_plan
 from vlpbench.rundir import RunBusyError
-from vlpbench.runs import slurm_run_state
 from vlpbench.sweep import Sweep, SweepRun
 from vlpbench.train import stop_requested
 
@@ -33,12 +33,6 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def submit(self, runs: list[SweepRun], log=print) -> list:
         """Start ``runs``; the handles of those still going when this returns."""
-
-    @staticmethod
-    def state(job: dict) -> dict | None:
-        """The run state (``vlpbench.runs.run_state``'s) of a run this executor submitted, from its
-        ``job.json``; None where the run directory alone tells."""
-        return None
 
     def job(self, run: SweepRun, threads: int | None = None) -> RunJob:
         return RunJob(run.config.model_dump(mode="json"), str(self.sweep.run_dir(run)), threads)
@@ -119,8 +113,6 @@ class Slurm(Executor):
                        {"executor": self.name, "job_id": job.job_id, "folder": str(folder)})
             log(f"submitted {run.run_id}: Slurm job {job.job_id}")
         return jobs
-
-    state = staticmethod(slurm_run_state)
 
 
 def slurm_instance() -> str:

@@ -39,7 +39,7 @@ def slurm_state(job: dict) -> str:
 
 
 def slurm_run_state(job: dict) -> dict | None:
-    """The run state of a Slurm job from its ``job.json`` (``executors.Slurm.state``): pending,
+    """The run state of a Slurm job from its ``job.json`` (``executors.Slurm`` writes it): pending,
     requeued, running, or failed when it ended without results; None once it completed."""
     state = slurm_state(job)
     if state in SLURM_WAITING:
