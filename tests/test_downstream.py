@@ -17,7 +17,7 @@ from vlpbench.gradcam import box_iou, box_scores, cross_attention_gradcam
 from vlpbench.io import write_json
 from vlpbench.losses import multi_positive_contrastive_loss, negative_sampling_weights
 from vlpbench.pipeline import build_method
-from vlpbench.registry import available_tasks, get_method
+from vlpbench.registry import available_tasks, get_method, get_task
 from vlpbench.zoo.answer_decoder import rank_candidates
 from vlpbench.zoo.layers import MultiHeadAttention, record_attention
 from vlpbench.zoo.tokenizer import train_wordpiece
@@ -232,6 +232,19 @@ def test_retrieval_evaluates_on_another_datasets_test_split_for_zero_shot_transf
     _, results = run(cfg)
     retrieval = results["downstream"]["retrieval"]
     assert retrieval["test"] == [str(other)] and retrieval["num_test"] == 3
+
+
+@pytest.mark.parametrize("task_name", ALL_TASKS)
+def test_fine_tuning_images_are_augmented_by_their_samples_seed(tiny_config, task_name):
+    augment = {"crop_scale_min": 0.3, "hflip": True, "randaugment": {"num_ops": 3}}
+    cfg = config_from_dict(downstream_config(tiny_config, "albef", tasks=[task_name], **{task_name: {"augment": augment}}))
+    task = get_task(task_name)(cfg, getattr(cfg.downstream, task_name), None, 16, lambda *a: None)
+    data = task.train_dataset()
+    images = [data[(0, seed)][0] for seed in (1, 1, 2)]
+    assert torch.equal(images[0], images[1]) and not torch.equal(images[0], images[2])
+    plain = config_from_dict(downstream_config(tiny_config, "albef", tasks=[task_name]))
+    unaugmented = get_task(task_name)(plain, getattr(plain.downstream, task_name), None, 16, lambda *a: None)
+    assert torch.equal(unaugmented.train_dataset()[(0, 1)][0], unaugmented.train_dataset()[(0, 2)][0])
 
 
 # ---- end to end ----

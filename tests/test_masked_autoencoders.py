@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from vlpbench.data.transforms import ImageTransform
+from vlpbench.config import AugmentConfig
+from vlpbench.data.transforms import NO_AUGMENTATION, ImageTransform
 from vlpbench.losses import masked_patch_mse, patchify
 from vlpbench.masking import patch_region, random_patch_masking, random_token_masking
 from vlpbench.zoo.decoder import MaskedDecoder, restore_positions
@@ -94,14 +95,13 @@ def test_norm_pix_normalises_each_target_patch():
 
 def test_region_map_follows_the_boxes_and_the_geometry():
     transform = ImageTransform(8)
-    geometry = transform.geometry((16, 16), None)
-    region = transform.region([[0, 0, 7, 7]], (16, 16), geometry)  # top-left quarter of a 16 px image
+    region = transform.region([[0, 0, 8, 8]], (16, 16), NO_AUGMENTATION)  # top-left quarter of a 16 px image
     assert region.shape == (8, 8) and region[:4, :4].all() and region.sum() == 16
-    assert transform.region(None, (16, 16), geometry).all(), "no boxes: the whole image is the region"
-    flipped = ImageTransform(8, hflip=True)
+    assert transform.region(None, (16, 16), NO_AUGMENTATION).all(), "no boxes: the whole image is the region"
+    flipped = ImageTransform(8, AugmentConfig(hflip=True))
     generator = torch.Generator().manual_seed(0)
-    geometry = next(g for g in (flipped.geometry((16, 16), generator) for _ in range(50)) if g[1])  # a flipped draw
-    assert flipped.region([[0, 0, 7, 7]], (16, 16), geometry)[:4, 4:].all()
+    aug = next(a for a in (flipped.draw((16, 16), generator) for _ in range(50)) if a.flip)  # a flipped draw
+    assert flipped.region([[0, 0, 8, 8]], (16, 16), aug)[:4, 4:].sum() == 16
     assert patch_region(region[None], 4).tolist() == [[True, False, False, False]]
 
 

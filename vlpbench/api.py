@@ -53,10 +53,10 @@ class BuiltMethod:
 
     def batch(self, images: Sequence[Image.Image], captions: Sequence[str]) -> Batch:
         """A ``Batch`` of image-caption pairs for ``method`` (each image its own id, no regions)."""
-
+        from vlpbench.data.transforms import NO_AUGMENTATION
         from vlpbench.pipeline import Collate
         pixels = [self.transform(image.convert("RGB"), None) for image in images]
-        regions = [self.transform.region(None, image.size, (None, False)) for image in images]
+        regions = [self.transform.region(None, image.size, NO_AUGMENTATION) for image in images]
         return Collate(self.tokenizer, self.config.data.max_text_len)(
             list(zip(pixels, captions, regions, range(len(pixels)))))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -52,9 +52,45 @@ class AnnotationSource(StrictModel):
         return [self.ann] if isinstance(self.ann, str) else list(self.ann)
 
 
+RandAugmentOp = Literal["Identity", "AutoContrast", "Equalize", "Solarize", "Posterize", "Brightness", "Sharpness",
+                        "Color", "Contrast", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"]
+# ALBEF's list (the authors' dataset/__init__.py): no colour-changing ops, since captions name colours
+ALBEF_RANDAUGMENT_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness",
+                         "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+class RandAugmentConfig(StrictModel):
+    """ALBEF's RandomAugment(num_ops, magnitude) (vlpbench.data.randaugment): ``num_ops`` ops drawn
+    from ``ops`` with replacement, each applied with probability 0.5 at ``magnitude`` of 10."""
+    num_ops: int = Field(2, ge=1)
+    magnitude: float = Field(7.0, ge=0.0, le=10.0)
+    ops: tuple[RandAugmentOp, ...] = ALBEF_RANDAUGMENT_OPS
+    translate_pixels: float = Field(10.0, ge=0.0)  # at magnitude 10; the authors' code: 10 at any resolution
+
+
+class ColorJitterConfig(StrictModel):
+    """VLMAE Sec. 4.1 names colour jittering without strengths: these are SimCLR's, applied with
+    ``probability`` (brightness, contrast and saturation factors in [1 - s, 1 + s], hue shift in
+    [-hue, hue] of a turn)."""
+    probability: float = Field(0.8, ge=0.0, le=1.0)
+    brightness: float = Field(0.4, ge=0.0, lt=1.0)
+    contrast: float = Field(0.4, ge=0.0, lt=1.0)
+    saturation: float = Field(0.4, ge=0.0, lt=1.0)
+    hue: float = Field(0.1, ge=0.0, le=0.5)
+
+
 class AugmentConfig(StrictModel):
+    """Training-time image augmentation, applied in this order: random-resized crop, horizontal
+    flip, colour jitter, grayscale, Gaussian blur, RandAugment. Geometric steps move VLMAE's
+    region maps with the image. Off by default; the paper presets set each paper's."""
     crop_scale_min: float = Field(1.0, gt=0.0, le=1.0)  # 1.0: no random-resized-crop
     hflip: bool = False  # off by default: captions name left and right
+    color_jitter: ColorJitterConfig | None = None
+    grayscale_probability: float = Field(0.0, ge=0.0, le=1.0)
+    # VLMAE names Gaussian blur without parameters: SimCLR's sigma range, in pixels at the model's resolution
+    blur_probability: float = Field(0.0, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    randaugment: RandAugmentConfig | None = None
 
 
 class DataConfig(StrictModel):
@@ -263,6 +299,10 @@ class OptimizationConfig(StrictModel):
     weight_decay: float = Field(0.02, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(None, gt=0.0)
+    # learning-rate multipliers by parameter name: {glob pattern: factor}, the first pattern a
+    # name matches wins (e.g. {"text.fusion_layers.*.cross_attn*": 3.0, "itm_head.*": 3.0} for the
+    # parts a warm start leaves fresh); no paper sets one, so the default is {}
+    lr_scale: dict[str, Annotated[float, Field(gt=0.0)]] = {}
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -366,6 +406,7 @@ class TaskConfig(StrictModel):
     data: TaskData = TaskData()
     # fine-tuning resolution (ALBEF: 384 after pre-training at 256); position embeddings are resampled
     image_size: int | None = Field(None, ge=16)
+    augment: AugmentConfig = AugmentConfig()  # of the training images; the test images are only resized
     eval_batch_size: int = Field(64, ge=1)
 
     def check(self, experiment: "ExperimentConfig", at: str) -> list[str]:

@@ -65,8 +65,7 @@ def open_entries(source: AnnotationSource, cfg: ExperimentConfig, skips: SkipRep
 
 def pretrain_dataset(entries: list[ImageCaptions], cfg: ExperimentConfig, skips: SkipReport) -> PretrainDataset:
     """The pre-training pairs; fewer than one optimizer step needs is an error that says why."""
-    aug = cfg.data.augment
-    dataset = PretrainDataset(entries, ImageTransform(image_size_of(cfg.model.vision), aug.crop_scale_min, aug.hflip))
+    dataset = PretrainDataset(entries, ImageTransform(image_size_of(cfg.model.vision), cfg.data.augment))
     needed = cfg.train.batch_size * cfg.train.grad_accum_steps
     if len(dataset) < needed:
         skipped = f", after skipping {skips.total} bad records: {skips.summary()}" if skips.total else ""

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,14 +139,29 @@ class WeightAverage:
 
 def build_optimizer(method: VLPMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (or Adafactor, LightVLP Sec. 4.1); biases, norms and other 1-d parameters (e.g. the
-    temperature) get no weight decay."""
-    params = [p for p in method.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    temperature) get no weight decay; each group carries its ``lr_scale`` (``cfg.lr_scale``)."""
+    groups = parameter_groups(method, cfg)
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)  # one pass over each tensor
+
+
+def parameter_groups(method: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters grouped by (lr scale, weight decay): the unscaled groups first, in
+    the order [decay, no decay], then one pair per pattern of ``cfg.lr_scale``, in its order."""
+    patterns = list(cfg.lr_scale)
+    members: dict[tuple[int, bool], list[torch.nn.Parameter]] = defaultdict(list)
+    for name, param in method.named_parameters():
+        if param.requires_grad:
+            scale_index = next((i + 1 for i, pattern in enumerate(patterns) if fnmatchcase(name, pattern)), 0)
+            members[scale_index, param.ndim < 2].append(param)
+    unmatched = [p for i, p in enumerate(patterns) if not any(members[i + 1, d] for d in (False, True))]
+    if unmatched:
+        raise ConfigError(f"train.lr_scale: {unmatched} match no trainable parameter name of "
+                          f"{type(method).__name__} (glob patterns over names such as 'itm_head.weight')")
+    scales = [1.0] + [cfg.lr_scale[p] for p in patterns]
+    return [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr_scale": scales[i]}
+            for (i, no_decay), params in sorted(members.items()) if params]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -206,6 +222,8 @@ class Trainer:
                               f"{distributed.world_size()} processes")
         self.model = distributed.wrap(method)
         self.optimizer = build_optimizer(method, t)
+        # from this config, not from a checkpoint's saved groups (which load_state_dict restores)
+        self.lr_scales = [group["lr_scale"] for group in self.optimizer.param_groups]
         self.step = 0  # optimizer steps done
         self.average = WeightAverage(method, setup.ema) if setup.ema is not None else None
         self.freed_memory_kept = t.keep_freed_memory and device.type == "cpu" and keep_freed_memory()
@@ -244,8 +262,8 @@ class Trainer:
         for the accelerator; they become floats only when a log line is written."""
         t, step = self.train, self.step
         base = step_seed(self.setup.seed, step) + distributed.rank()  # other masks per process
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, t)
+        for group, scale in zip(self.optimizer.param_groups, self.lr_scales):
+            group["lr"] = lr_at(step, t) * scale
         progress = Progress(step, self.steps_per_epoch)
         logged = defaultdict(float)  # a float 0 becomes a tensor on the first addition
         for micro in range(t.grad_accum_steps):
@@ -266,7 +284,7 @@ class Trainer:
             self.average.update()
         self.step += 1
         logged = distributed.mean_across_processes(logged)
-        logged["lr"] = self.optimizer.param_groups[0]["lr"]
+        logged["lr"] = lr_at(step, t)
         return logged
 
     def fit(self, tokenizer_json: str, stop_at: int | None = None,

@@ -265,8 +265,8 @@ class PretrainDataset(Dataset):
             image = load_image(entry.image)
         except DatasetError as exc:  # only reachable with verify_images: false
             raise DatasetError(f"{entry.source}: {exc}") from None
-        geometry = self.transform.geometry(image.size, torch.Generator().manual_seed(seed))
-        return (self.transform.apply(image, geometry), caption, self.transform.region(entry.boxes, image.size, geometry),
+        aug = self.transform.draw(image.size, torch.Generator().manual_seed(seed))
+        return (self.transform.apply(image, aug), caption, self.transform.region(entry.boxes, image.size, aug),
                 image_id)
 
 

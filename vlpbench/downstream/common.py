@@ -45,8 +45,8 @@ def _to(value, device):
 
 
 class KeyedDataset:
-    """Records as the trainer's sampler reads them: ``dataset[(index, seed)]`` is ``make(record)``
-    (no augmentation: the seed is not used)."""
+    """Records as the trainer's sampler reads them: ``dataset[(index, seed)]`` is ``make(record,
+    generator)``, the generator seeded with the sample's seed (its augmentation: exact resume)."""
 
     def __init__(self, records: list, make: Callable):
         self.records, self.make = records, make
@@ -55,7 +55,8 @@ class KeyedDataset:
         return len(self.records)
 
     def __getitem__(self, key: tuple[int, int]):
-        return self.make(self.records[key[0]])
+        index, seed = key
+        return self.make(self.records[index], torch.Generator().manual_seed(seed))
 
 
 class ClassifierHead(nn.Sequential):
@@ -111,7 +112,7 @@ class DownstreamTask(abc.ABC):
     def __init__(self, cfg: ExperimentConfig, task_cfg: TaskConfig, tokenizer: TextTokenizer, image_size: int,
                  log=print):
         self.cfg, self.task_cfg, self.tokenizer, self.log = cfg, task_cfg, tokenizer, log
-        self.transform = ImageTransform(image_size)
+        self.transform = ImageTransform(image_size, task_cfg.augment)
         self.skips = SkipReport()
 
     # ---- data ----
@@ -134,8 +135,10 @@ class DownstreamTask(abc.ABC):
         limit = self.task_cfg.data.max_test_records if split == "test" else None
         return records[:limit] if limit else records
 
-    def image(self, path: Path) -> torch.Tensor:
-        return self.transform(load_image(path), None)
+    def image(self, path: Path, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The image as the model reads it: augmented (``augment``) with a training sample's
+        generator, only resized without one."""
+        return self.transform(load_image(path), generator)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer(texts, self.cfg.data.max_text_len)

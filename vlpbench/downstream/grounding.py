@@ -89,7 +89,7 @@ class GroundingTask(MatchingTask):
     def train_dataset(self) -> KeyedDataset:
         records = self.open_records("train", parse_grounding)
         pairs = CaptionPairs([ImageCaptions(r.image, [r.text], r.image_key) for r in records]).pairs
-        return KeyedDataset(pairs, lambda pair: (self.image(pair[0]), pair[1], pair[2]))
+        return KeyedDataset(pairs, lambda pair, generator: (self.image(pair[0], generator), pair[1], pair[2]))
 
     def candidates_file(self) -> str:
         source = self.task_cfg.data.candidates

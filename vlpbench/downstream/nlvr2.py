@@ -116,8 +116,8 @@ class NLVR2Task(ClassificationTask):
     parse = staticmethod(parse_nlvr2)
     num_classes = 2
 
-    def item(self, record: ImagePairRecord) -> tuple:
-        return torch.stack([self.image(path) for path in record.images]), record.sentence, record.label
+    def item(self, record: ImagePairRecord, generator: torch.Generator | None = None) -> tuple:
+        return torch.stack([self.image(path, generator) for path in record.images]), record.sentence, record.label
 
     def build_model(self, method: VLPMethod) -> PairClassifier:
         if self.task_cfg.design == "replicated":

@@ -79,7 +79,7 @@ class MatchingTask(DownstreamTask):
 
     def train_dataset(self) -> KeyedDataset:
         pairs = CaptionPairs(self.open_records("train", parse_image_captions)).pairs
-        return KeyedDataset(pairs, lambda pair: (self.image(pair[0]), pair[1], pair[2]))
+        return KeyedDataset(pairs, lambda pair, generator: (self.image(pair[0], generator), pair[1], pair[2]))
 
     def collate(self, items: list) -> TaskBatch:
         images, captions, index = zip(*items)

@@ -97,8 +97,8 @@ class SNLIVETask(ClassificationTask):
     parse = staticmethod(parse_ve)
     num_classes = len(LABELS)
 
-    def item(self, record: SentenceRecord) -> tuple:
-        return self.image(record.image), record.sentence, record.label
+    def item(self, record: SentenceRecord, generator: torch.Generator | None = None) -> tuple:
+        return self.image(record.image, generator), record.sentence, record.label
 
     def build_model(self, method: VLPMethod) -> PairClassifier:
         return PairClassifier(method, ClassifierHead(method.fused_width, self.num_classes))

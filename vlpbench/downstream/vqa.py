@@ -141,7 +141,7 @@ class VQATask(DownstreamTask):
         return list(dict.fromkeys(normalise(a) for a in answers))
 
     def train_dataset(self) -> KeyedDataset:
-        return KeyedDataset(self.train_records, lambda r: (self.image(r.image), r.question, r.answers))
+        return KeyedDataset(self.train_records, lambda r, generator: (self.image(r.image, generator), r.question, r.answers))
 
     def collate(self, items: list) -> TaskBatch:
         images, questions, answers = zip(*items)
