@@ -272,3 +272,17 @@ def test_a_folder_another_process_publishes_first_is_kept_and_ours_discarded(tmp
     monkeypatch.setattr(Path, "rename", published_just_before)
     build_folder_atomically(folder, lambda tmp: (tmp / "ours.txt").write_text("ours"))
     assert [p.name for p in folder.iterdir()] == ["theirs.txt"] and not list(tmp_path.glob("dataset.tmp-*"))
+
+
+def test_snli_ve_records_as_albef_released_them_name_images_by_flickr_id(tmp_path):
+    from vlpbench.data.datasets import load_records
+    from vlpbench.downstream.snli_ve import parse_ve
+    Image.new("RGB", (8, 8)).save(tmp_path / "2248275918.jpg")
+    records = [{"image": "2248275918", "sentence": "Two dogs run.", "label": "entailment"},  # ALBEF's ve_train.json
+               {"image": "2248275918.jpg", "sentence": "A cat sleeps.", "label": "contradiction"},
+               {"image": "1000092795", "sentence": "A man waits.", "label": "neutral"}]
+    (tmp_path / "ve_train.json").write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=r"ve_train.json: record 2: image file is missing: .*1000092795.jpg"):
+        load_records([str(tmp_path / "ve_train.json")], tmp_path, parse_ve, "error", True, SkipReport())
+    loaded = load_records([str(tmp_path / "ve_train.json")], tmp_path, parse_ve, "skip", True, SkipReport())
+    assert [(r.image.name, r.label) for r in loaded] == [("2248275918.jpg", 0), ("2248275918.jpg", 2)]

@@ -1,7 +1,8 @@
 """Visual entailment (SNLI-VE; ALBEF Sec. 5, following UNITER): three-way classification
 (entailment, neutral, contradiction) by an MLP on the fused [CLS] state; accuracy.
 
-Records (ALBEF format): ``{image, sentence, label}``, label one of the three names (or 0, 1, 2).
+Records (ALBEF format): ``{image, sentence, label}``, label one of the three names (or 0, 1, 2);
+``image`` a path, or a Flickr30K id without extension as in ALBEF's released files (``<id>.jpg``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ def parse_sentence(record, labels: dict) -> tuple[str, int]:
 
 def parse_ve(record, root: Path, source: str, verify_images: bool) -> SentenceRecord:
     sentence, label = parse_sentence(record, {**{n: i for i, n in enumerate(LABELS)}, **{i: i for i in range(len(LABELS))}})
-    return SentenceRecord(check_image(record.get("image"), root, verify_images), sentence, label)
+    return SentenceRecord(check_image(released_image_name(record.get("image")), root, verify_images), sentence, label)
+
+
+def released_image_name(image):
+    """ALBEF's released SNLI-VE files name a Flickr30K image by its id, without an extension (the
+    authors' ve_dataset reads ``<image_root>/<id>.jpg``); a name with an extension is kept."""
+    if isinstance(image, int) and not isinstance(image, bool):
+        image = str(image)
+    return f"{image}.jpg" if isinstance(image, str) and image and not Path(image).suffix else image
 
 
 class PairClassifier(TaskModel):
