@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from vlpbench.config import EmbeddedDataConfig
@@ -164,16 +165,16 @@ def test_error_mode_hint_names_the_switch_the_caller_has(bad_dataset):
 
 def test_too_few_pretraining_pairs_after_skipping_is_a_clear_error(bad_dataset, tiny_config):
     from vlpbench.config import config_from_dict
-    from vlpbench.pipeline import pretrain_dataset
+    from vlpbench.pipeline import open_pretrain
 
     ann, root = bad_dataset
-    cfg = config_from_dict(tiny_config)  # batch_size 4
-    skips = SkipReport()
-    entries = load_image_captions([str(ann)], root, "skip", True, skips)  # 2 records, 3 captions left
-    with pytest.raises(DatasetError) as info:
-        pretrain_dataset(entries, cfg, skips)
+    cfg = config_from_dict({**tiny_config, "data": {**tiny_config.get("data", {}), "on_bad_record": "skip",
+                                                     "pretrain": {"ann": str(ann), "image_root": str(root)}}})
+    with pytest.raises(DatasetError) as info:  # batch_size 4; 2 records, 3 captions left
+        open_pretrain(cfg, SkipReport(), log=lambda *_: None)
     message = str(info.value)
-    assert message.startswith("2 pre-training records give 3 image-caption pairs, after skipping 8 bad records: ")
+    assert message.startswith("the pre-training data (albef_json) holds 3 image-caption pairs, after skipping 8 bad "
+                              "records: ")
     assert "image file cannot be decoded: 2" in message
     assert message.endswith("train.batch_size x train.grad_accum_steps = 4 needs at least 4")
 
@@ -286,3 +287,27 @@ def test_snli_ve_records_as_albef_released_them_name_images_by_flickr_id(tmp_pat
         load_records([str(tmp_path / "ve_train.json")], tmp_path, parse_ve, "error", True, SkipReport())
     loaded = load_records([str(tmp_path / "ve_train.json")], tmp_path, parse_ve, "skip", True, SkipReport())
     assert [(r.image.name, r.label) for r in loaded] == [("2248275918.jpg", 0), ("2248275918.jpg", 2)]
+
+
+def test_a_bad_image_met_in_training_is_skipped_and_counted(tiny_config, tmp_path):
+    from vlpbench.cli import main
+    data = Path(main_data_folder(tiny_config))
+    records = json.loads((data / "pretrain.json").read_text())
+    (data / "truncated.png").write_bytes((data / records[0]["image"]).read_bytes()[:60])
+    records[0]["image"] = "truncated.png"  # not decoded at open: verify_images is off
+    (tmp_path / "pretrain.json").write_text(json.dumps(records))
+    tiny_config["data"].update(pretrain={"ann": str(tmp_path / "pretrain.json"), "image_root": str(data)},
+                               verify_images=False)
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(yaml.safe_dump(tiny_config))
+    assert main(["run", str(experiment), "-o", "train.steps=12"]) == 0  # 2 epochs of 24 pairs: met twice
+    (results,) = Path(tiny_config["output_dir"]).glob("tiny/*/results.json")
+    skipped = json.loads(results.read_text())["train"]["skipped_samples"]
+    assert skipped["count"] == 2
+    assert skipped["examples"][0].startswith(f"{tmp_path / 'pretrain.json'}#0: image file cannot be decoded: ")
+
+
+def main_data_folder(tiny_config) -> str:
+    from vlpbench.config import config_from_dict
+    from vlpbench.pipeline import pretrain_annotations
+    return pretrain_annotations(config_from_dict(tiny_config).data, log=lambda *_: None).image_root

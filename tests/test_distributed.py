@@ -8,7 +8,8 @@ from torch import nn
 
 from vlpbench import distributed
 from vlpbench.config import config_from_dict
-from vlpbench.train import ResumableBatchSampler, Trainer
+from vlpbench.data.loading import ResumableBatchSampler
+from vlpbench.train import Trainer
 
 GLOBAL_BATCH = torch.randn(8, 9, generator=torch.Generator().manual_seed(1))  # 8 samples: 8 inputs, 1 target
 

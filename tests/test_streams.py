@@ -19,11 +19,11 @@ LIGHTVLP = {"name": "lightvlp", "embed_dim": 32, "queue_size": 16, "cross_layers
 
 def built(tiny_config, method: dict):
     cfg = config_from_dict({**copy.deepcopy(tiny_config), "method": method})
-    entries = pipeline.open_entries(pipeline.data_sources(cfg, lambda *a: None)["pretrain"], cfg, SkipReport())
-    tokenizer = pipeline.make_tokenizer(cfg, entries)
+    data = pipeline.open_pretrain(cfg, SkipReport(), lambda *a: None)
+    tokenizer = pipeline.make_tokenizer(cfg, data.captions())
     torch.manual_seed(cfg.seed)
     method = pipeline.build_method(cfg, tokenizer)
-    trainer = Trainer.for_experiment(cfg, method, pipeline.pretrain_dataset(entries, cfg, SkipReport()),
+    trainer = Trainer.for_experiment(cfg, method, data.dataset,
                       pipeline.Collate(tokenizer, cfg.data.max_text_len), None, torch.device("cpu"))
     return method, trainer
 

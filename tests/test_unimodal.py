@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from vlpbench import pipeline, unimodal
 from vlpbench.config import config_from_dict
-from vlpbench.data.datasets import SkipReport
+from vlpbench.data.datasets import SkipReport, captions_of
 from vlpbench.data.embedded import ensure_embedded_dataset
 
 QUIET = dict(log=lambda *_: None)
@@ -18,7 +18,7 @@ def setup(tiny_config, tmp_path):
     cfg = config_from_dict(tiny_config)
     sources = pipeline.data_sources(cfg, **QUIET)
     entries = pipeline.open_entries(sources["pretrain"], cfg, SkipReport())
-    tokenizer = pipeline.build_tokenizer(cfg, entries, tmp_path / "tokenizer.json")
+    tokenizer = pipeline.build_tokenizer(cfg, captions_of(entries), tmp_path / "tokenizer.json")
     return cfg, entries, tokenizer
 
 

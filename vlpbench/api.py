@@ -110,12 +110,12 @@ def create_method(experiment: Experiment, overrides: Sequence[str] = (), **keys:
     ``config.train.steps``."""
     from vlpbench import pipeline
     from vlpbench.budget import apply_flop_budget
-    from vlpbench.data.datasets import SkipReport
+    from vlpbench.data.datasets import SkipReport, captions_of
     from vlpbench.experiment import build_model
     cfg = apply_flop_budget(experiment_config(experiment, overrides, **keys), log=lambda _: None)
     device = pipeline.runtime_device(cfg.train)
     entries = pipeline.open_entries(pipeline.data_sources(cfg)["pretrain"], cfg, SkipReport())
-    tokenizer = pipeline.make_tokenizer(cfg, entries)
+    tokenizer = pipeline.make_tokenizer(cfg, captions_of(entries))
     return BuiltMethod(cfg, build_model(cfg, entries, tokenizer, device), tokenizer, _eval_transform(cfg))
 
 

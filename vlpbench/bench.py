@@ -29,6 +29,7 @@ import torch
 from vlpbench import pipeline
 from vlpbench.config import ExperimentConfig, load_config
 from vlpbench.data.datasets import SkipReport
+from vlpbench.data.loading import LoaderPlan, training_batches
 from vlpbench.errors import UserError
 from vlpbench.flops import Convention, count_step
 from vlpbench.method import Progress
@@ -38,14 +39,12 @@ from vlpbench.train import Trainer, peak_memory_mb
 
 def fixed_batches(cfg: ExperimentConfig, count: int) -> tuple[list, object, object]:
     """``count`` collated batches of the experiment's pre-training data, its dataset and tokenizer."""
-    skips = SkipReport()
-    entries = pipeline.open_entries(pipeline.data_sources(cfg, log=lambda *_: None)["pretrain"], cfg, skips)
-    dataset = pipeline.pretrain_dataset(entries, cfg, skips)
-    tokenizer = pipeline.make_tokenizer(cfg, entries)
+    data = pipeline.open_pretrain(cfg, SkipReport(), log=lambda *_: None)
+    tokenizer = pipeline.make_tokenizer(cfg, data.captions())
     collate = pipeline.Collate(tokenizer, cfg.data.max_text_len)
-    size = cfg.train.batch_size
-    batches = [collate([dataset[(b * size + i, i)] for i in range(size)]) for b in range(count)]
-    return batches, dataset, tokenizer
+    batches = list(itertools.islice(training_batches(data.dataset, collate, LoaderPlan(cfg.train.batch_size, cfg.seed)),
+                                    count))
+    return batches, data.dataset, tokenizer
 
 
 def synchronize(device: torch.device) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 # only what parsing and the error report need: each command imports its own machinery (torch
 # included), so that `vlpbench --help` and argument errors answer at once
-from vlpbench.config import (ConfigError, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments)
+from vlpbench.config import (ConfigError, DataConfig, EmbeddedDataConfig, RetrievalEvalConfig, load_config, validate_arguments)
 from vlpbench.errors import UserError
 from vlpbench.sweep import MAX_SWEEP_RUNS, LauncherConfig, format_plan, load_sweep
 from vlpbench.zoo import TEXT_PRESETS, VISION_PRESETS
@@ -358,6 +358,25 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_data_shard(args) -> int:
+    from vlpbench import pipeline
+    from vlpbench.data.datasets import SkipReport, load_image_captions
+    from vlpbench.data.shards import write_shards
+    from vlpbench.data.sources import pair_files
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out}: already exists; shards are written into a new folder")
+    cfg = load_config(args.experiment, args.override).data if args.experiment else DataConfig()
+    source, skips = pipeline.pretrain_annotations(cfg), SkipReport()
+    entries = load_image_captions(source.ann_files, source.image_root, cfg.on_bad_record, cfg.verify_images, skips,
+                                  "pass -o data.on_bad_record=skip")
+    manifest = write_shards(pair_files(entries), out, args.samples_per_shard)
+    skipped = f"; skipped {skips.total} bad records: {skips.summary()}" if skips.total else ""
+    print(f"wrote {manifest['num_samples']} pairs in {len(manifest['shards'])} shards{skipped}\n"
+          f"train on them with: -o data.source=webdataset -o 'data.shards.urls={out / manifest['pattern']}'")
+    return 0
+
+
 def cmd_list(args) -> int:
     from vlpbench.registry import available_methods, available_tasks, get_method, get_task
     for name in available_methods():
@@ -529,12 +548,28 @@ def add_flops_command(sub) -> None:
     fl.set_defaults(func=cmd_flops)
 
 
+DATA_COMMANDS = ("embedded", "shard")
+
+
 def add_data_command(sub) -> None:
-    data = sub.add_parser("data", help="generate the embedded dataset and print its folder",
-                          description="Generate (or find cached) the embedded dataset an experiment uses.")
-    data.add_argument("experiment", nargs="?", help="experiment YAML (its data.embedded section); default parameters if absent")
-    data.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
-    data.set_defaults(func=cmd_data)
+    data = sub.add_parser("data", help="the embedded dataset (`data [embedded]`), or shards of a pre-training set",
+                          description="`vlpbench data [embedded] [EXPERIMENT]`: generate (or find cached) the embedded "
+                                      "dataset an experiment uses and print its folder. `vlpbench data shard "
+                                      "[EXPERIMENT] OUT`: write the experiment's pre-training pairs (data.pretrain, or "
+                                      "the embedded set) as webdataset shards.")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    embedded = commands.add_parser("embedded", help="generate the embedded dataset and print its folder")
+    embedded.add_argument("experiment", nargs="?", help="experiment YAML (its data.embedded section); default "
+                                                        "parameters if absent")
+    embedded.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
+    embedded.set_defaults(func=cmd_data)
+    shard = commands.add_parser("shard", help="write an experiment's pre-training pairs as webdataset shards")
+    shard.add_argument("experiment", nargs="?", help="experiment YAML (its data.pretrain, or its embedded data); "
+                                                     "the embedded data's default parameters if absent")
+    shard.add_argument("out", help="the folder to create: shard-000000.tar, .. and manifest.json")
+    shard.add_argument("--samples-per-shard", type=int, default=1000)
+    shard.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
+    shard.set_defaults(func=cmd_data_shard)
 
 
 def add_list_command(sub) -> None:
@@ -558,7 +593,10 @@ NEGATIVE_LIST = re.compile(r"^-\d+(,-?\d+)*$")
 
 
 def joined_negative_values(argv: list[str]) -> list[str]:
-    """``--seeds -1,2`` as ``--seeds=-1,2``: argparse takes a value starting with '-' for a flag."""
+    """``--seeds -1,2`` as ``--seeds=-1,2``: argparse takes a value starting with '-' for a flag.
+    And ``data [EXPERIMENT]`` as ``data embedded [EXPERIMENT]``, its form before ``data shard``."""
+    if argv[:1] == ["data"] and (len(argv) == 1 or argv[1] not in (*DATA_COMMANDS, "-h", "--help")):
+        argv = ["data", "embedded", *argv[1:]]
     out = []
     for token in argv:
         if out and out[-1] == "--seeds" and NEGATIVE_LIST.match(token):

@@ -93,8 +93,21 @@ class AugmentConfig(StrictModel):
     randaugment: RandAugmentConfig | None = None
 
 
+class ShardSource(StrictModel):
+    """webdataset tar shards for pre-training (``data.source: webdataset``, ``vlpbench.data.shards``)."""
+    # paths, with brace patterns (shards/{000000..000099}.tar); None: the embedded set's pairs,
+    # written as shards of samples_per_shard beside it on first use
+    urls: str | list[str] | None = None
+    samples_per_shard: int = Field(250, ge=1)
+    shuffle_buffer: int = Field(1000, ge=1)  # samples per loader lane, shuffled within its epoch
+
+
 class DataConfig(StrictModel):
     embedded: EmbeddedDataConfig = EmbeddedDataConfig()
+    # how the pre-training pairs are read (vlpbench.data.sources): ALBEF-JSON records, or webdataset
+    # shards (data.shards; unset: the embedded set written as shards on first use)
+    source: Literal["albef_json", "webdataset"] = "albef_json"
+    shards: ShardSource = ShardSource()
     pretrain: AnnotationSource | None = None        # None: the embedded dataset
     retrieval_test: AnnotationSource | None = None  # None: the embedded dataset
     max_text_len: int = Field(40, ge=4)
@@ -102,6 +115,20 @@ class DataConfig(StrictModel):
     verify_images: bool = True  # decode every image at dataset open; off for huge datasets
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()
+
+    def source_problems(self, unimodal: "UnimodalConfig") -> list[str]:
+        urls = self.shards.urls
+        if self.source == "albef_json":
+            return [] if urls is None else [
+                "data.shards.urls: set, but data.source is albef_json (set data.source: webdataset to read them)"]
+        if urls is None and self.pretrain is not None:
+            return ["data.source: webdataset reads data.shards.urls, which is unset; write shards of data.pretrain "
+                    "with `vlpbench data shard EXPERIMENT OUT` (unset, both: the embedded set's shards)"]
+        if urls is not None and (unimodal.text_steps or unimodal.vision_steps):
+            return ["model.unimodal: the uni-modal warm start reads the embedded dataset's files; with "
+                    "data.shards.urls set text_steps and vision_steps to 0 (or leave urls unset for the embedded "
+                    "set's shards)"]
+        return []
 
 
 def _preset_validator(presets: dict):
@@ -475,6 +502,7 @@ class ExperimentConfig(StrictModel):
                             "scene graphs; it needs data.pretrain unset and no model.vision.pretrained")
         if unimodal.text_steps and self.model.text.pretrained:
             problems.append("model.unimodal.text_steps: the text encoder already loads model.text.pretrained")
+        problems += self.data.source_problems(unimodal)
         problems += self.method.downstream_problems(self.downstream)
         retrieval = self.eval.retrieval
         if retrieval.fold_images and self.data.retrieval_test is None:  # the embedded test split's size is known

@@ -9,7 +9,8 @@ import torch
 from vlpbench import distributed, pipeline, unimodal
 from vlpbench.budget import compute_record
 from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, RetrievalEvalConfig, config_differences)
-from vlpbench.data.datasets import ImageCaptions, PretrainDataset, RetrievalDataset, SkipReport
+from vlpbench.data.datasets import ImageCaptions, RetrievalDataset, SkipReport
+from vlpbench.data.sources import PretrainData
 from vlpbench.diagnostics import run_verdicts
 from vlpbench.analysis import matching_separation
 from vlpbench.errors import UserError
@@ -66,10 +67,10 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     if cfg.downstream.tasks and distributed.world_size() > 1:
         raise ConfigError("downstream.tasks: downstream tasks run in one process; pre-train data-parallel without "
                           "them, then run `vlpbench downstream RUN_DIR`")
-    entries, dataset, retrieval, skips = open_data(cfg, log)
-    tokenizer, method = prepare_model(cfg, run, entries, resume, built, device, log)
-    trainer = Trainer.for_experiment(cfg, method, dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len), run,
-                                     device)
+    data, retrieval, skips = open_data(cfg, log)
+    tokenizer, method = prepare_model(cfg, run, data, resume, built, device, log)
+    trainer = Trainer.for_experiment(cfg, method, data.dataset, pipeline.Collate(tokenizer, cfg.data.max_text_len),
+                                     run, device)
     if resume:
         resume_training(trainer, cfg, run, device, log)
     if distributed.is_main():
@@ -99,23 +100,21 @@ def _run(cfg: ExperimentConfig, run: RunDir, resume: bool, stop_at: int | None, 
     return results
 
 
-def open_data(cfg: ExperimentConfig, log) -> tuple[list[ImageCaptions], PretrainDataset, RetrievalDataset | None,
-                                                  SkipReport]:
-    """The pre-training records and dataset, the retrieval test split (None when retrieval is off),
-    and the bad records skipped on the way (counted and logged)."""
-    sources = pipeline.data_sources(cfg, log)
+def open_data(cfg: ExperimentConfig, log) -> tuple[PretrainData, RetrievalDataset | None, SkipReport]:
+    """The pre-training data, the retrieval test split (None when retrieval is off), and the bad
+    records skipped on the way (counted and logged)."""
     skips = SkipReport()
-    entries = pipeline.open_entries(sources["pretrain"], cfg, skips)
-    dataset = pipeline.pretrain_dataset(entries, cfg, skips)
+    data = pipeline.open_pretrain(cfg, skips, log)
     retrieval = None
     if cfg.eval.retrieval.enabled:
-        retrieval = pipeline.retrieval_dataset(pipeline.open_entries(sources["retrieval_test"], cfg, skips), cfg)
+        test = pipeline.data_sources(cfg, log)["retrieval_test"]
+        retrieval = pipeline.retrieval_dataset(pipeline.open_entries(test, cfg, skips), cfg)
     if skips.total:
         log(f"skipped {skips.total} bad records: {skips.summary()}")
-    return entries, dataset, retrieval, skips
+    return data, retrieval, skips
 
 
-def prepare_model(cfg: ExperimentConfig, run: RunDir, entries: list[ImageCaptions], resume: bool,
+def prepare_model(cfg: ExperimentConfig, run: RunDir, data: PretrainData, resume: bool,
                   built: tuple[TextTokenizer, VLPMethod] | None, device: torch.device,
                   log) -> tuple[TextTokenizer, VLPMethod]:
     """The tokenizer (saved in the run directory; a resumed run's own) and the method to train."""
@@ -125,8 +124,8 @@ def prepare_model(cfg: ExperimentConfig, run: RunDir, entries: list[ImageCaption
         tokenizer.save(tokenizer_file)
     else:
         tokenizer = (TextTokenizer.load(tokenizer_file) if resume and tokenizer_file.is_file()
-                     else pipeline.build_tokenizer(cfg, entries, tokenizer_file))
-        method = build_model(cfg, entries, tokenizer, device, log)
+                     else pipeline.build_tokenizer(cfg, data.captions(), tokenizer_file))
+        method = build_model(cfg, data.entries, tokenizer, device, log)
     if distributed.is_main():
         record_pretrained_loads(pipeline.load_reports(method), run, log)
     return tokenizer, method

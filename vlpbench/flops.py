@@ -33,7 +33,7 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_
 
 from vlpbench.config import ExperimentConfig
 from vlpbench.method import Batch, Progress, VLPMethod
-from vlpbench.data.datasets import SkipReport
+from vlpbench.data.datasets import SkipReport, captions_of
 from vlpbench.pipeline import build_method, data_sources, image_size_of, make_tokenizer, open_entries
 from vlpbench.zoo.text import BertTextModel, MLMHead
 from vlpbench.zoo.tokenizer import TextTokenizer, sized_wordpiece
@@ -360,7 +360,7 @@ def experiment_tokenizer(cfg: ExperimentConfig) -> TextTokenizer:
     if text.pad_vocab:
         return sized_wordpiece(text.vocab_size)
     source = data_sources(cfg, log=lambda *_: None)["pretrain"]
-    return make_tokenizer(cfg, open_entries(source, cfg, SkipReport()))
+    return make_tokenizer(cfg, captions_of(open_entries(source, cfg, SkipReport())))
 
 
 # deep into a long run: every warm-up ramp (distillation weight, hard-negative share) is over

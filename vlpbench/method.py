@@ -27,10 +27,14 @@ class Batch:
     attention_mask: torch.Tensor  # [B, L], 1 = token
     regions: torch.Tensor | None = None  # [B, H, W] bool: where the caption's objects are (all True: unknown)
     image_ids: torch.Tensor | None = None  # [B] long: pairs of one image or scene share an id (None: unknown)
+    # samples whose image failed to load in training, each "source: problem"; the slot of each holds
+    # a copy of another sample of the batch (same image id, so never its copy's negative)
+    skipped: tuple[str, ...] = ()
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(*(None if t is None else t.to(device, non_blocking=True)
-                       for t in (self.images, self.input_ids, self.attention_mask, self.regions, self.image_ids)))
+                       for t in (self.images, self.input_ids, self.attention_mask, self.regions, self.image_ids)),
+                     skipped=self.skipped)
 
     def __len__(self) -> int:
         return self.images.shape[0]

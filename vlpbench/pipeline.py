@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from vlpbench.checkpoint import load_weights, read_checkpoint
-from vlpbench.config import (AnnotationSource, ConfigError, ExperimentConfig, TrainConfig, VisionConfig,
+from vlpbench.config import (AnnotationSource, ConfigError, DataConfig, ExperimentConfig, TrainConfig, VisionConfig,
                              config_from_dict)
-from vlpbench.data.datasets import (DatasetError, ImageCaptions, PretrainDataset, RetrievalDataset, SkipReport,
+from vlpbench.data.datasets import (DatasetError, ImageCaptions, RetrievalDataset, SkipReport, UnreadableSample,
                                     load_image_captions)
 from vlpbench.data.embedded import ensure_embedded_dataset
+from vlpbench.data.sources import PRETRAIN_SOURCES, PretrainData
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.method import Batch, VLPMethod
 from vlpbench.registry import get_method
@@ -48,9 +50,18 @@ def image_size_of(vision: VisionConfig) -> int:
 
 def data_sources(cfg: ExperimentConfig, log=print) -> dict[str, AnnotationSource]:
     """The pre-training and retrieval-test sources; the embedded dataset fills whichever is unset."""
-    sources = {"pretrain": cfg.data.pretrain, "retrieval_test": cfg.data.retrieval_test}
+    return annotation_sources(cfg.data, log)
+
+
+def pretrain_annotations(data: DataConfig, log=print) -> AnnotationSource:
+    """``data.pretrain``, or the embedded dataset's pre-training records."""
+    return annotation_sources(data, log, ("pretrain",))["pretrain"]
+
+
+def annotation_sources(data: DataConfig, log=print, names=("pretrain", "retrieval_test")) -> dict[str, AnnotationSource]:
+    sources = {name: getattr(data, name) for name in names}
     if any(s is None for s in sources.values()):
-        folder = ensure_embedded_dataset(cfg.data.embedded, log)
+        folder = ensure_embedded_dataset(data.embedded, log)
         for name, source in sources.items():
             if source is None:
                 sources[name] = AnnotationSource(ann=str(folder / f"{name}.json"), image_root=str(folder))
@@ -63,32 +74,34 @@ def open_entries(source: AnnotationSource, cfg: ExperimentConfig, skips: SkipRep
                                skips, skip_hint)
 
 
-def pretrain_dataset(entries: list[ImageCaptions], cfg: ExperimentConfig, skips: SkipReport) -> PretrainDataset:
-    """The pre-training pairs; fewer than one optimizer step needs is an error that says why."""
-    dataset = PretrainDataset(entries, ImageTransform(image_size_of(cfg.model.vision), cfg.data.augment))
-    needed = cfg.train.batch_size * cfg.train.grad_accum_steps
-    if len(dataset) < needed:
+def open_pretrain(cfg: ExperimentConfig, skips: SkipReport, log=print) -> PretrainData:
+    """The pre-training pairs through ``data.source``'s reader; fewer than one optimizer step needs
+    is an error that says why."""
+    transform = ImageTransform(image_size_of(cfg.model.vision), cfg.data.augment)
+    data = PRETRAIN_SOURCES[cfg.data.source](cfg.data, pretrain_annotations(cfg.data, log), transform, skips)
+    needed, pairs = cfg.train.batch_size * cfg.train.grad_accum_steps, len(data.dataset)
+    if pairs < needed:
         skipped = f", after skipping {skips.total} bad records: {skips.summary()}" if skips.total else ""
-        raise DatasetError(f"{len(entries)} pre-training records give {len(dataset)} image-caption pairs{skipped}; "
+        raise DatasetError(f"the pre-training data ({cfg.data.source}) holds {pairs} image-caption pairs{skipped}; "
                            f"train.batch_size x train.grad_accum_steps = {needed} needs at least {needed}")
-    return dataset
+    return data
 
 
 def retrieval_dataset(entries: list[ImageCaptions], cfg: ExperimentConfig) -> RetrievalDataset:
     return RetrievalDataset(entries, ImageTransform(image_size_of(cfg.model.vision)))
 
 
-def make_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions]) -> TextTokenizer:
-    """The configured tokenizer, or WordPiece trained on the pre-training captions."""
+def make_tokenizer(cfg: ExperimentConfig, captions: Iterable[str]) -> TextTokenizer:
+    """The configured tokenizer, or WordPiece trained on the pre-training ``captions``."""
     if cfg.model.text.tokenizer:
         return TextTokenizer.load(cfg.model.text.tokenizer)
     text = cfg.model.text
-    return train_wordpiece((c for e in entries for c in e.captions), text.vocab_size, pad=text.pad_vocab)
+    return train_wordpiece(captions, text.vocab_size, pad=text.pad_vocab)
 
 
-def build_tokenizer(cfg: ExperimentConfig, entries: list[ImageCaptions], save_to: Path) -> TextTokenizer:
+def build_tokenizer(cfg: ExperimentConfig, captions: Iterable[str], save_to: Path) -> TextTokenizer:
     """``make_tokenizer``, saved to ``save_to``."""
-    tokenizer = make_tokenizer(cfg, entries)
+    tokenizer = make_tokenizer(cfg, captions)
     tokenizer.save(save_to)
     return tokenizer
 
@@ -146,10 +159,17 @@ class Collate:
     def __init__(self, tokenizer: TextTokenizer, max_text_len: int):
         self.tokenizer, self.max_text_len = tokenizer, max_text_len
 
-    def __call__(self, items: list[tuple[torch.Tensor, str, torch.Tensor, int]]) -> Batch:
+    def __call__(self, items: list[tuple[torch.Tensor, str, torch.Tensor, int] | UnreadableSample]) -> Batch:
+        skipped = tuple(item.message for item in items if isinstance(item, UnreadableSample))
+        readable = [item for item in items if not isinstance(item, UnreadableSample)]
+        if not readable:
+            raise DatasetError(f"all {len(items)} samples of a batch failed to load, e.g. {skipped[0]}")
+        # a skipped sample's slot holds a copy of the first readable one: shapes stay fixed, on every rank
+        items = [item if not isinstance(item, UnreadableSample) else readable[0] for item in items]
         images, captions, regions, image_ids = zip(*items)
         input_ids, attention_mask = self.tokenizer(list(captions), self.max_text_len)
-        return Batch(torch.stack(images), input_ids, attention_mask, torch.stack(regions), torch.tensor(image_ids))
+        return Batch(torch.stack(images), input_ids, attention_mask, torch.stack(regions), torch.tensor(image_ids),
+                     skipped)
 
 
 def load_trained(target: str | Path, device: torch.device) -> tuple[ExperimentConfig, VLPMethod, TextTokenizer]:

@@ -21,45 +21,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from vlpbench import distributed
 from vlpbench.checkpoint import load_weights
 from vlpbench.config import ConfigError, ExperimentConfig, TrainConfig
+from vlpbench.data.loading import LoaderPlan, training_batches
 from vlpbench.io import append_jsonl
 from vlpbench.method import Progress, VLPMethod
 from vlpbench.rundir import RunDir
 from vlpbench.runtime import compile_blocks, keep_freed_memory
 from vlpbench.streams import derived_seed
-
-
-class ResumableBatchSampler(Sampler):
-    """Endless epochs of shuffled, full batches, starting at any batch number.
-
-    Yields lists of ``(index, augmentation_seed)`` keys for ``PretrainDataset``; with several
-    processes, each yields its contiguous share of the same global batch.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_batch: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        self.num_items, self.batch_size, self.seed, self.start_batch = num_items, batch_size, seed, start_batch
-        self.batches_per_epoch = num_items // batch_size
-        self.shard = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        batch = self.start_batch
-        while True:
-            epoch, within = divmod(batch, self.batches_per_epoch)
-            order = self.epoch_order(epoch)
-            for b in range(within, self.batches_per_epoch):
-                indices = order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
-                base = (self.seed * 1_000_003 + batch) * self.batch_size
-                yield [(i, base + k) for k, i in enumerate(indices)][self.shard]  # this process's share
-                batch += 1
 
 
 _stop = threading.Event()
@@ -225,6 +197,7 @@ class Trainer:
         # from this config, not from a checkpoint's saved groups (which load_state_dict restores)
         self.lr_scales = [group["lr_scale"] for group in self.optimizer.param_groups]
         self.step = 0  # optimizer steps done
+        self.skipped: list[str] = []  # this session's training samples whose image failed to load
         self.average = WeightAverage(method, setup.ema) if setup.ema is not None else None
         self.freed_memory_kept = t.keep_freed_memory and device.type == "cpu" and keep_freed_memory()
         self.compiled_blocks = compile_blocks(method) if t.compile == "blocks" else 0
@@ -249,13 +222,16 @@ class Trainer:
 
     def batches(self) -> Iterator:
         t = self.train
-        sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, self.setup.seed,
-                                        start_batch=self.step * t.grad_accum_steps,
-                                        rank=distributed.rank(), world_size=distributed.world_size())
-        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
-                            num_workers=self.setup.num_workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=self.setup.num_workers > 0)
-        return iter(loader)
+        plan = LoaderPlan(t.batch_size, self.setup.seed, start_batch=self.step * t.grad_accum_steps,
+                          rank=distributed.rank(), world_size=distributed.world_size(),
+                          num_workers=self.setup.num_workers, pin_memory=self.device.type == "cuda")
+        return training_batches(self.dataset, self.collate, plan)
+
+    def _count_skipped(self, messages: tuple[str, ...]) -> None:
+        for message in messages:
+            if len(self.skipped) < 10:
+                tqdm.write(f"skipped a training sample: {message}")
+            self.skipped.append(message)
 
     def train_step(self, batches: Iterator) -> dict[str, torch.Tensor | float]:
         """One optimizer step. Logged values stay tensors on the device, so the step never waits
@@ -269,7 +245,9 @@ class Trainer:
         for micro in range(t.grad_accum_steps):
             # each micro-batch its own draws; each purpose a stream of this seed (vlpbench.streams)
             torch.manual_seed(base if micro == 0 else derived_seed(base, "micro-batch", micro))
-            batch = next(batches).to(self.device)
+            batch = next(batches)
+            self._count_skipped(getattr(batch, "skipped", ()))  # fine-tuning batches carry none
+            batch = batch.to(self.device)
             with autocast_context(self.device, t.precision):
                 out = self.model(batch, progress)
             (out["loss"] / t.grad_accum_steps).backward()
@@ -350,7 +328,8 @@ class Trainer:
                 "curve_seconds": round(curve_seconds, 1), "steps_per_epoch": self.steps_per_epoch,
                 "samples_per_s": round(steps_run * samples_per_step / max(seconds - curve_seconds, 1e-9), 1),
                 "seconds_per_step": round((seconds - curve_seconds) / max(steps_run, 1), 3),
-                "peak_memory_mb": peak_memory_mb(self.device)}
+                "peak_memory_mb": peak_memory_mb(self.device),
+                "skipped_samples": {"count": len(self.skipped), "examples": self.skipped[:10]}}
 
 
 def tensorboard_writer(folder):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vlpbench import pipeline
 from vlpbench.config import ExperimentConfig
-from vlpbench.data.datasets import SkipReport
+from vlpbench.data.datasets import SkipReport, captions_of
 
 
 def embedded_records(cfg: ExperimentConfig, count: int) -> tuple[list[dict], dict, Path]:
@@ -23,4 +23,4 @@ def embedded_records(cfg: ExperimentConfig, count: int) -> tuple[list[dict], dic
 
 def experiment_tokenizer(cfg: ExperimentConfig):
     source = pipeline.data_sources(cfg, log=lambda *_: None)["pretrain"]
-    return pipeline.make_tokenizer(cfg, pipeline.open_entries(source, cfg, SkipReport()))
+    return pipeline.make_tokenizer(cfg, captions_of(pipeline.open_entries(source, cfg, SkipReport())))

@@ -15,17 +15,17 @@ from vlpbench import pipeline
 from vlpbench.config import load_config
 from vlpbench.data.datasets import SkipReport
 from vlpbench.losses import false_negative_count, matching_pairs
-from vlpbench.train import ResumableBatchSampler
+from vlpbench.data.loading import ResumableBatchSampler
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", nargs="?", default="experiments/albef_mini.yaml")
     cfg = load_config(parser.parse_args().experiment)
-    entries = pipeline.open_entries(pipeline.data_sources(cfg, lambda *a: None)["pretrain"], cfg, SkipReport())
-    dataset = pipeline.pretrain_dataset(entries, cfg, SkipReport())
+    data = pipeline.open_pretrain(cfg, SkipReport(), lambda *a: None)
+    dataset = data.dataset
     captions = [caption for _, caption, _ in dataset.pairs]
-    ids, mask = pipeline.make_tokenizer(cfg, entries)(captions, cfg.data.max_text_len)
+    ids, mask = pipeline.make_tokenizer(cfg, data.captions())(captions, cfg.data.max_text_len)
     image_ids = torch.tensor([image for _, _, image in dataset.pairs])  # one id per scene
     files: dict = {}
     file_ids = torch.tensor([files.setdefault(entry.image, len(files)) for entry, _, _ in dataset.pairs])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,13 +89,25 @@ def load_image(path: Path) -> Image.Image:
         raise RecordError("image file is missing", str(path.absolute()))
     if path.stat().st_size == 0:
         raise RecordError("image file is empty", str(path.absolute()))
+    try:
+        return decode_image(path)
+    except DecodeError as exc:
+        raise RecordError("image file cannot be decoded", f"{path.absolute()} ({exc})") from None
+
+
+class DecodeError(Exception):
+    """An image that does not decode: ``ExceptionType: message``."""
+
+
+def decode_image(file) -> Image.Image:
+    """Decode ``file`` (a path or a binary file object) fully, so truncation is caught, as RGB."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(path) as img:
+        with Image.open(file) as img:
             img.load()
             return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise RecordError("image file cannot be decoded", f"{path.absolute()} ({type(exc).__name__}: {exc})") from None
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from None
 
 
 def read_annotation_file(ann_file: str | Path) -> list:
@@ -136,7 +148,7 @@ class ImageCaptions:
     scene_id: int | str | None = None  # records of one scene_id show one scene (embedded data); None: unknown
 
 
-def _boxes_of(record: dict) -> list[list[float]] | None:
+def boxes_of(record: dict) -> list[list[float]] | None:
     """Optional ``boxes: [[x, y, w, h], ..]``, or the ``bbox`` of each entry of ``phrases`` (the
     embedded dataset's grounded phrases). None: no region annotation (the whole image counts)."""
     boxes = record.get("boxes")
@@ -148,6 +160,10 @@ def _boxes_of(record: dict) -> list[list[float]] | None:
             isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes):
         raise RecordError("'boxes' must be a list of [x, y, w, h] pixel boxes", f"got {str(boxes)[:80]}")
     return [[float(v) for v in b] for b in boxes] or None
+
+
+def captions_of(entries: list[ImageCaptions]) -> Iterator[str]:
+    return (caption for entry in entries for caption in entry.captions)
 
 
 def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_record: str, verify_images: bool,
@@ -215,7 +231,7 @@ def parse_image_captions(record, root: Path, source: str, verify_images: bool) -
     captions = _captions_of(record)
     path = check_image(record.get("image"), root, verify_images)
     noise = record.get("noise")
-    return ImageCaptions(path, captions, source, _boxes_of(record), noise if isinstance(noise, str) else None,
+    return ImageCaptions(path, captions, source, boxes_of(record), noise if isinstance(noise, str) else None,
                          _scene_id_of(record))
 
 
@@ -246,28 +262,45 @@ def _match_ids(entries: list[ImageCaptions]) -> list[int]:
     return [ids.setdefault(root(("image", e.image)), len(ids)) for e in entries]
 
 
+def pairs_of(entries: list[ImageCaptions]) -> list[tuple[ImageCaptions, str, int]]:
+    """One (entry, caption, match id) per caption, in the records' order."""
+    return [(e, c, match_id) for e, match_id in zip(entries, _match_ids(entries)) for c in e.captions]
+
+
+def pretrain_item(transform: ImageTransform, image: Image.Image, caption: str, boxes: list[list[float]] | None,
+                  image_id: int, generator: torch.Generator) -> tuple[torch.Tensor, str, torch.Tensor, int]:
+    """One training sample: the augmented image, the caption, the [H, W] map of the region the
+    caption names (moved with the image), the image's id."""
+    aug = transform.draw(image.size, generator)
+    return transform.apply(image, aug), caption, transform.region(boxes, image.size, aug), image_id
+
+
+@dataclass(frozen=True)
+class UnreadableSample:
+    """A training sample whose image failed to load: the collate skips it and reports ``message``."""
+    message: str
+
+
 class PretrainDataset(Dataset):
     """One (image, caption) pair per caption. Items are keyed by (index, seed) so random
     augmentation is a function of the sampler's seed, which makes resumed runs exact."""
 
     def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
-        self.pairs = [(e, c, match_id) for e, match_id in zip(entries, _match_ids(entries)) for c in e.captions]
+        self.pairs = pairs_of(entries)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, torch.Tensor, int] | UnreadableSample:
         """The image, the caption, the [H, W] map of the region the caption names, the image's id."""
         index, seed = key
         entry, caption, image_id = self.pairs[index]
         try:
             image = load_image(entry.image)
-        except DatasetError as exc:  # only reachable with verify_images: false
-            raise DatasetError(f"{entry.source}: {exc}") from None
-        aug = self.transform.draw(image.size, torch.Generator().manual_seed(seed))
-        return (self.transform.apply(image, aug), caption, self.transform.region(entry.boxes, image.size, aug),
-                image_id)
+        except DatasetError as exc:  # images not decoded at open (verify_images: false, or sampled)
+            return UnreadableSample(f"{entry.source}: {exc}")
+        return pretrain_item(self.transform, image, caption, entry.boxes, image_id, torch.Generator().manual_seed(seed))
 
 
 class RetrievalDataset:
