@@ -7,11 +7,10 @@ import yaml
 from PIL import Image
 
 from vlpbench.config import EmbeddedDataConfig
-from vlpbench.data.datasets import (DatasetError, PretrainDataset, SkipReport, load_image, load_image_captions,
+from vlpbench.data.datasets import (DatasetError, SkipReport, load_image, load_image_captions, pairs_of,
                                     to_rgb)
 from vlpbench.data.embedded import dataset_dir, ensure_embedded_dataset
 from vlpbench.data.scenes import Scene, SceneObject
-from vlpbench.data.transforms import ImageTransform
 
 
 def make_image(path, mode="RGB", size=(12, 10)):
@@ -246,16 +245,14 @@ def test_pairs_of_one_scene_share_a_match_id_and_a_bad_scene_id_is_named(tmp_pat
                "scene_id": 7}, {"image": names[2], "caption": "d"}, {"image": names[2], "caption": "e"}]
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(records))
-    dataset = PretrainDataset(load_image_captions([str(ann)], tmp_path, "error", True, SkipReport()),
-                              ImageTransform(8))
-    assert [image_id for _, _, image_id in dataset.pairs] == [0, 0, 0, 1, 1]
+    entries = load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())
+    assert [image_id for _, _, image_id in pairs_of(entries)] == [0, 0, 0, 1, 1]
     # image 2 gives scene 7 in one record only, image 1 names scene 8 once: one group, transitively
     records += [{"image": names[2], "caption": "f", "scene_id": 7}, {"image": names[1], "caption": "g", "scene_id": 8},
                 {"image": names[0], "caption": "h", "scene_id": 9}]
     ann.write_text(json.dumps(records))
-    dataset = PretrainDataset(load_image_captions([str(ann)], tmp_path, "error", True, SkipReport()),
-                              ImageTransform(8))
-    assert {image_id for _, _, image_id in dataset.pairs} == {0}
+    entries = load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())
+    assert {image_id for _, _, image_id in pairs_of(entries)} == {0}
     ann.write_text(json.dumps([{"image": names[0], "caption": "x", "scene_id": [1]}]))
     with pytest.raises(DatasetError, match=r"ann.json: record 0: 'scene_id' must be an integer or a string"):
         load_image_captions([str(ann)], tmp_path, "error", True, SkipReport())
@@ -311,3 +308,36 @@ def main_data_folder(tiny_config) -> str:
     from vlpbench.config import config_from_dict
     from vlpbench.pipeline import pretrain_annotations
     return pretrain_annotations(config_from_dict(tiny_config).data, log=lambda *_: None).image_root
+
+
+def test_karpathy_split_files_load_by_split_as_released(tmp_path):
+    """dataset_coco.json's layout (filepath + filename; Flickr30K's has no filepath), read by split."""
+    from vlpbench.config import AnnotationSource
+    from vlpbench.data.datasets import load_source
+    (tmp_path / "val2014").mkdir()
+    names = [make_image(tmp_path / "val2014" / f"COCO_val2014_{i:012d}.jpg") for i in range(3)]
+    sentence = {"tokens": ["a", "man"], "raw": "A man with a red helmet. ", "imgid": 0, "sentid": 1}
+    images = [{"filepath": "val2014", "filename": Path(names[0]).name, "imgid": 0, "cocoid": 391895, "split": "test",
+               "sentids": [1, 2], "sentences": [sentence, {**sentence, "raw": "a moped"}]},
+              {"filepath": "val2014", "filename": Path(names[1]).name, "imgid": 1, "split": "restval",
+               "sentences": [{**sentence, "raw": "a dog"}]},
+              {"filename": make_image(tmp_path / "1000092795.jpg"), "imgid": 2, "split": "train",
+               "sentences": [{"raw": "x"}]},
+              {"filepath": "val2014", "filename": Path(names[2]).name, "imgid": 3, "split": "test"}]
+    ann = tmp_path / "dataset_coco.json"
+    ann.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    test = AnnotationSource(ann=str(ann), image_root=str(tmp_path), format="karpathy", split="test")
+    with pytest.raises(DatasetError, match=r"dataset_coco.json: record 3: record has no 'caption' \(a Karpathy file: "
+                                           r"record i is images\[i\]; 'caption' is read from its sentences"):
+        load_source(test, "error", True, SkipReport())
+    entries = load_source(test, "skip", True, SkipReport())
+    assert [(e.image.name, e.captions) for e in entries] == [(Path(names[0]).name, ["A man with a red helmet.",
+                                                                                  "a moped"])]
+    train = AnnotationSource(ann=str(ann), image_root=str(tmp_path), format="karpathy", split=["train", "restval"])
+    assert [e.captions for e in load_source(train, "error", True, SkipReport())] == [["a dog"], ["x"]]
+    assert [e.image.parent.name for e in load_source(train, "error", True, SkipReport())] == ["val2014", tmp_path.name]
+    with pytest.raises(ValueError, match=r"format: karpathy needs split"):
+        AnnotationSource(ann=str(ann), format="karpathy")
+    (tmp_path / "albef.json").write_text(json.dumps([{"image": names[0], "caption": "x"}]))
+    with pytest.raises(DatasetError, match=r"albef.json: expected a Karpathy split file"):
+        load_source(test.model_copy(update={"ann": str(tmp_path / "albef.json")}), "error", True, SkipReport())

@@ -221,6 +221,41 @@ def test_a_bad_vqa_record_names_the_file_the_record_and_the_problem(tiny_config,
     assert results["downstream"]["vqa"]["skipped_records"]["total"] == 1
 
 
+def test_vqa_in_albefs_released_layout_with_vg_qa_and_a_test_split_without_answers(tiny_config, tmp_path):
+    import shutil
+    from vlpbench.data.embedded import ensure_embedded_dataset
+    cfg = downstream_config(tiny_config, "albef", tasks=["vqa"])
+    folder = ensure_embedded_dataset(config_from_dict(cfg).data.embedded, log=lambda *a: None)
+    train = [{**r, "dataset": "vqa", "question_id": i} for i, r in
+             enumerate(json.loads((folder / "vqa_train.json").read_text()))]
+    (tmp_path / "vg" / "image").mkdir(parents=True)
+    vg = []
+    for i, record in enumerate(train[:2]):  # vg_qa.json: one answer, images under vg_root
+        shutil.copy(folder / record["image"], tmp_path / "vg" / "image" / f"{i}.png")
+        vg.append({"dataset": "vg", "image": f"image/{i}.png", "question": record["question"],
+                   "answer": record["answer"][0] if isinstance(record["answer"], list) else record["answer"]})
+    test = [{"question_id": 1000 + i, "image": r["image"], "question": r["question"], "dataset": "vqa"}
+            for i, r in enumerate(json.loads((folder / "vqa_test.json").read_text())[:5])]
+    for name, records in (("vqa_train.json", train), ("vg_qa.json", vg), ("vqa_test.json", test)):
+        (tmp_path / name).write_text(json.dumps(records))
+    cfg["downstream"]["vqa"]["data"] = {
+        "train": {"ann": [str(tmp_path / "vqa_train.json"), str(tmp_path / "vg_qa.json")], "image_root": str(folder)},
+        "test": {"ann": str(tmp_path / "vqa_test.json"), "image_root": str(folder)}}
+    with pytest.raises(DatasetError, match=r"vg_qa.json: record 0: a 'dataset': 'vg' record's image is under "
+                                           r"downstream.vqa.vg_image_root, which is unset"):
+        run(cfg)
+    cfg["downstream"]["vqa"]["vg_image_root"] = str(tmp_path / "vg")
+    config = config_from_dict(cfg)
+    task = get_task("vqa")(config, config.downstream.vqa, None, 16, lambda *a: None)
+    assert task.training_scores(task.train_records[-1]) == {vg[1]["answer"]: 0.5}  # ALBEF's VG weight
+    directory, results = run(cfg)
+    vqa = results["downstream"]["vqa"]
+    assert vqa["num_test"] == 5 and vqa["num_test_scored"] == 0 and vqa["metrics"] == {}
+    answers = json.loads((directory.path / "downstream" / "vqa" / "vqa_result.json").read_text())
+    assert [a["question_id"] for a in answers] == [1000, 1001, 1002, 1003, 1004]
+    assert all(a["answer"] in task.answers for a in answers)
+
+
 def test_retrieval_evaluates_on_another_datasets_test_split_for_zero_shot_transfer(tiny_config, tmp_path):
     from vlpbench.data.embedded import ensure_embedded_dataset
     cfg = downstream_config(tiny_config, "albef", tasks=["retrieval"])

@@ -360,7 +360,7 @@ def cmd_data(args) -> int:
 
 def cmd_data_shard(args) -> int:
     from vlpbench import pipeline
-    from vlpbench.data.datasets import SkipReport, load_image_captions
+    from vlpbench.data.datasets import SkipReport, load_source
     from vlpbench.data.shards import write_shards
     from vlpbench.data.sources import pair_files
     out = Path(args.out)
@@ -368,8 +368,7 @@ def cmd_data_shard(args) -> int:
         raise UserError(f"{out}: already exists; shards are written into a new folder")
     cfg = load_config(args.experiment, args.override).data if args.experiment else DataConfig()
     source, skips = pipeline.pretrain_annotations(cfg), SkipReport()
-    entries = load_image_captions(source.ann_files, source.image_root, cfg.on_bad_record, cfg.verify_images, skips,
-                                  "pass -o data.on_bad_record=skip")
+    entries = load_source(source, cfg.on_bad_record, cfg.verify_images, skips, "pass -o data.on_bad_record=skip")
     manifest = write_shards(pair_files(entries), out, args.samples_per_shard)
     skipped = f"; skipped {skips.total} bad records: {skips.summary()}" if skips.total else ""
     print(f"wrote {manifest['num_samples']} pairs in {len(manifest['shards'])} shards{skipped}\n"

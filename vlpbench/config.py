@@ -42,14 +42,33 @@ class EmbeddedDataConfig(StrictModel):
     root: str | None = None
 
 
+KarpathySplit = Literal["train", "restval", "val", "test"]
+
+
 class AnnotationSource(StrictModel):
-    """ALBEF-style JSON annotation file(s) and the directory image paths are relative to."""
+    """Annotation file(s) and the directory image paths are relative to. ``format``: ALBEF's JSON
+    records, or a Karpathy split file (``dataset_coco.json``, ``dataset_flickr30k.json``), whose
+    images of ``split`` are read (ALBEF's COCO training set: [train, restval])."""
     ann: str | list[str]
     image_root: str = "."
+    format: Literal["albef_json", "karpathy"] = "albef_json"
+    split: KarpathySplit | list[KarpathySplit] | None = None
 
     @property
     def ann_files(self) -> list[str]:
         return [self.ann] if isinstance(self.ann, str) else list(self.ann)
+
+    @property
+    def splits(self) -> list[str]:
+        return [self.split] if isinstance(self.split, str) else list(self.split or [])
+
+    @model_validator(mode="after")
+    def _split_for_karpathy(self) -> "AnnotationSource":
+        if self.format == "karpathy" and not self.split:
+            raise ValueError("format: karpathy needs split: the Karpathy splits to read (train, restval, val, test)")
+        if self.format != "karpathy" and self.split:
+            raise ValueError(f"split: only a Karpathy split file has splits; this source's format is {self.format}")
+        return self
 
 
 RandAugmentOp = Literal["Identity", "AutoContrast", "Equalize", "Solarize", "Posterize", "Brightness", "Sharpness",
@@ -112,7 +131,13 @@ class DataConfig(StrictModel):
     retrieval_test: AnnotationSource | None = None  # None: the embedded dataset
     max_text_len: int = Field(40, ge=4)
     on_bad_record: Literal["error", "skip"] = "error"
-    verify_images: bool = True  # decode every image at dataset open; off for huge datasets
+    # decode every image at open (true), none (false: a bad image is skipped when training meets it),
+    # or a fixed random sample of N records (the paper-scale presets: 1000)
+    verify_images: bool | Annotated[int, Field(ge=1)] = True
+    # where the pre-training records' index is cached (vlpbench.data.index; one build per node);
+    # None: <data.embedded.root or VLPBENCH_DATA>/index. On a multi-node cluster a shared folder
+    # lets one node build it for all
+    index_cache: str | None = None
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()
 

@@ -12,7 +12,7 @@ from vlpbench.checkpoint import load_weights, read_checkpoint
 from vlpbench.config import (AnnotationSource, ConfigError, DataConfig, ExperimentConfig, TrainConfig, VisionConfig,
                              config_from_dict)
 from vlpbench.data.datasets import (DatasetError, ImageCaptions, RetrievalDataset, SkipReport, UnreadableSample,
-                                    load_image_captions)
+                                    load_source)
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.data.sources import PRETRAIN_SOURCES, PretrainData
 from vlpbench.data.transforms import ImageTransform
@@ -70,15 +70,14 @@ def annotation_sources(data: DataConfig, log=print, names=("pretrain", "retrieva
 
 def open_entries(source: AnnotationSource, cfg: ExperimentConfig, skips: SkipReport,
                  skip_hint: str = "set data.on_bad_record: skip") -> list[ImageCaptions]:
-    return load_image_captions(source.ann_files, source.image_root, cfg.data.on_bad_record, cfg.data.verify_images,
-                               skips, skip_hint)
+    return load_source(source, cfg.data.on_bad_record, cfg.data.verify_images, skips, skip_hint)
 
 
 def open_pretrain(cfg: ExperimentConfig, skips: SkipReport, log=print) -> PretrainData:
     """The pre-training pairs through ``data.source``'s reader; fewer than one optimizer step needs
     is an error that says why."""
     transform = ImageTransform(image_size_of(cfg.model.vision), cfg.data.augment)
-    data = PRETRAIN_SOURCES[cfg.data.source](cfg.data, pretrain_annotations(cfg.data, log), transform, skips)
+    data = PRETRAIN_SOURCES[cfg.data.source](cfg.data, pretrain_annotations(cfg.data, log), transform, skips, log)
     needed, pairs = cfg.train.batch_size * cfg.train.grad_accum_steps, len(data.dataset)
     if pairs < needed:
         skipped = f", after skipping {skips.total} bad records: {skips.summary()}" if skips.total else ""

@@ -24,11 +24,11 @@ def main() -> None:
     cfg = load_config(parser.parse_args().experiment)
     data = pipeline.open_pretrain(cfg, SkipReport(), lambda *a: None)
     dataset = data.dataset
-    captions = [caption for _, caption, _ in dataset.pairs]
-    ids, mask = pipeline.make_tokenizer(cfg, data.captions())(captions, cfg.data.max_text_len)
-    image_ids = torch.tensor([image for _, _, image in dataset.pairs])  # one id per scene
+    captions = list(data.captions())
+    ids, mask = pipeline.make_tokenizer(cfg, captions)(captions, cfg.data.max_text_len)
+    image_ids = torch.from_numpy(dataset.pairs.arrays["match_id"].copy())  # one id per scene
     files: dict = {}
-    file_ids = torch.tensor([files.setdefault(entry.image, len(files)) for entry, _, _ in dataset.pairs])
+    file_ids = torch.tensor([files.setdefault(dataset.pairs.image(i), len(files)) for i in range(len(dataset))])
     counts = {"any": [], "same image": [], "same scene": [], "identical caption": []}
     sampler = ResumableBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed)
     for _, keys in zip(range(cfg.train.steps), sampler):

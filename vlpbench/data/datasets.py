@@ -11,6 +11,7 @@ error naming the annotation file, the record index and the problem; with
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile
-from torch.utils.data import Dataset
 
+from vlpbench.config import AnnotationSource
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.errors import UserError
 
@@ -125,6 +126,49 @@ def read_annotation_file(ann_file: str | Path) -> list:
     return records
 
 
+RecordReader = Callable[[str], list[tuple[int, object]]]
+
+
+def read_albef_json(ann_file: str) -> list[tuple[int, object]]:
+    return list(enumerate(read_annotation_file(ann_file)))
+
+
+def karpathy_reader(splits: list[str]) -> RecordReader:
+    """A reader of Karpathy split files: each image of ``splits`` as an ALBEF record, numbered by
+    its place in the file's ``images`` (``{image: filepath/filename, caption: [raw, ..], image_id}``)."""
+    def read(ann_file: str) -> list[tuple[int, object]]:
+        path = Path(ann_file)
+        if not path.is_file():
+            raise DatasetError(f"{path}: annotation file not found")
+        try:
+            data = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise DatasetError(f"{path}: expected a Karpathy split file, an object with an 'images' list "
+                               "(format: karpathy)")
+        return [(i, _karpathy_record(image)) for i, image in enumerate(data["images"])
+                if not isinstance(image, dict) or image.get("split") in splits]
+    read.field_note = " (a Karpathy file: record i is images[i]; 'caption' is read from its sentences[].raw, 'image' " \
+                      "from filepath/filename)"
+    return read
+
+
+def _karpathy_record(image: dict) -> object:
+    if not isinstance(image, dict):
+        return image  # refused by the parser, named by its place
+    sentences = image.get("sentences")
+    captions = [s.get("raw") if isinstance(s, dict) else s for s in sentences] if isinstance(sentences, list) else None
+    name = image.get("filename")
+    folder = image.get("filepath")
+    return {"image": f"{folder}/{name}" if isinstance(folder, str) and isinstance(name, str) else name,
+            "caption": captions, "image_id": image.get("imgid", image.get("cocoid"))}
+
+
+def record_reader(source: AnnotationSource) -> RecordReader:
+    return karpathy_reader(source.splits) if source.format == "karpathy" else read_albef_json
+
+
 def _captions_of(record: dict) -> list[str]:
     caption = record.get("caption")
     if caption is None:
@@ -166,29 +210,42 @@ def captions_of(entries: list[ImageCaptions]) -> Iterator[str]:
     return (caption for entry in entries for caption in entry.captions)
 
 
-def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_record: str, verify_images: bool,
-                        skips: SkipReport, skip_hint: str = "set data.on_bad_record: skip") -> list[ImageCaptions]:
+def load_image_captions(ann_files: list[str], image_root: str | Path, on_bad_record: str, verify_images: bool | int,
+                        skips: SkipReport, skip_hint: str = "set data.on_bad_record: skip",
+                        reader: RecordReader = read_albef_json) -> list[ImageCaptions]:
     """Validated (image, captions) entries from all ``ann_files``; ``skip_hint`` tells the user
     how to switch skipping on (a YAML key or a command-line flag)."""
-    return load_records(ann_files, image_root, parse_image_captions, on_bad_record, verify_images, skips, skip_hint)
+    return load_records(ann_files, image_root, parse_image_captions, on_bad_record, verify_images, skips, skip_hint,
+                        reader)
+
+
+def load_source(source: AnnotationSource, on_bad_record: str, verify_images: bool | int, skips: SkipReport,
+                skip_hint: str = "set data.on_bad_record: skip") -> list[ImageCaptions]:
+    """``load_image_captions`` of a configured source, read in its format."""
+    return load_image_captions(source.ann_files, source.image_root, on_bad_record, verify_images, skips, skip_hint,
+                               record_reader(source))
 
 
 def load_records(ann_files: list[str], image_root: str | Path, parse: Callable, on_bad_record: str,
-                 verify_images: bool, skips: SkipReport, skip_hint: str = "set data.on_bad_record: skip") -> list:
-    """``parse(record, image_root, "file#index", verify_images)`` of every record of ``ann_files``.
+                 verify_images: bool | int, skips: SkipReport, skip_hint: str = "set data.on_bad_record: skip",
+                 reader: RecordReader = read_albef_json) -> list:
+    """``parse(record, image_root, "file#index", verify)`` of every record of ``ann_files``, where
+    ``verify`` says whether to decode its image (``images_to_verify``).
 
     A record ``parse`` refuses (``RecordError``) is an error naming the file, the record and the
     problem, or with ``on_bad_record: skip`` is skipped and counted in ``skips``; ``skip_hint``
     tells the user how to switch skipping on (a YAML key or a command-line flag).
     """
     root, entries, seen, skipped = Path(image_root), [], 0, SkipReport()
-    for ann_file in ann_files:
-        for index, record in enumerate(read_annotation_file(ann_file)):
+    files = {ann_file: reader(ann_file) for ann_file in ann_files}
+    verified = images_to_verify(verify_images, sum(map(len, files.values())))
+    for ann_file, records in files.items():
+        for index, record in records:
             seen += 1
             try:
-                entries.append(parse(record, root, f"{ann_file}#{index}", verify_images))
+                entries.append(parse(record, root, f"{ann_file}#{index}", verified(seen - 1)))
             except RecordError as exc:
-                message = f"{ann_file}: record {index}: {exc}"
+                message = f"{ann_file}: record {index}: {exc}{getattr(reader, 'field_note', '')}"
                 if on_bad_record != "skip":
                     raise DatasetError(f"{message} ({skip_hint} to skip and count such records)") from None
                 skipped.add(str(ann_file), exc.problem, message)
@@ -202,6 +259,15 @@ def load_records(ann_files: list[str], image_root: str | Path, parse: Callable, 
     return entries
 
 
+def images_to_verify(verify_images: bool | int, count: int) -> Callable[[int], bool]:
+    """Which of ``count`` records get their image decoded at open: all (true), none (false), or a
+    fixed random sample of that many (the same records every time)."""
+    if isinstance(verify_images, bool):
+        return lambda index: verify_images
+    sample = set(random.Random(0).sample(range(count), min(verify_images, count)))
+    return sample.__contains__
+
+
 def text_field(record, key: str, fields: str) -> str:
     """A record's non-empty string ``key``, stripped; ``fields`` names what the record should hold."""
     if not isinstance(record, dict):
@@ -212,24 +278,22 @@ def text_field(record, key: str, fields: str) -> str:
     return text.strip()
 
 
-def check_image(image, root: Path, verify_images: bool, key: str = "image") -> Path:
-    """The path of a record's image (``image`` as the record gives it, relative to ``root``), after
-    checking the file: decoded fully with ``verify_images``, else only that it exists."""
+def check_image(image, root: Path, verify: bool, key: str = "image") -> Path:
+    """The path of a record's image (``image`` as the record gives it, relative to ``root``),
+    decoded fully first with ``verify``; without, the file is not touched (a bad one is met later)."""
     if not isinstance(image, str) or not image:
         raise RecordError(f"record has no {key!r} path")
     path = root / image
-    if verify_images:
+    if verify:
         load_image(path)
-    elif not path.is_file():
-        raise RecordError("image file is missing", str(path.absolute()))
     return path
 
 
-def parse_image_captions(record, root: Path, source: str, verify_images: bool) -> ImageCaptions:
+def parse_image_captions(record, root: Path, source: str, verify: bool) -> ImageCaptions:
     if not isinstance(record, dict):
         raise RecordError("expected an object with 'image' and 'caption'", f"got {type(record).__name__}")
     captions = _captions_of(record)
-    path = check_image(record.get("image"), root, verify_images)
+    path = check_image(record.get("image"), root, verify)
     noise = record.get("noise")
     return ImageCaptions(path, captions, source, boxes_of(record), noise if isinstance(noise, str) else None,
                          _scene_id_of(record))
@@ -279,28 +343,6 @@ def pretrain_item(transform: ImageTransform, image: Image.Image, caption: str, b
 class UnreadableSample:
     """A training sample whose image failed to load: the collate skips it and reports ``message``."""
     message: str
-
-
-class PretrainDataset(Dataset):
-    """One (image, caption) pair per caption. Items are keyed by (index, seed) so random
-    augmentation is a function of the sampler's seed, which makes resumed runs exact."""
-
-    def __init__(self, entries: list[ImageCaptions], transform: ImageTransform):
-        self.pairs = pairs_of(entries)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, torch.Tensor, int] | UnreadableSample:
-        """The image, the caption, the [H, W] map of the region the caption names, the image's id."""
-        index, seed = key
-        entry, caption, image_id = self.pairs[index]
-        try:
-            image = load_image(entry.image)
-        except DatasetError as exc:  # images not decoded at open (verify_images: false, or sampled)
-            return UnreadableSample(f"{entry.source}: {exc}")
-        return pretrain_item(self.transform, image, caption, entry.boxes, image_id, torch.Generator().manual_seed(seed))
 
 
 class RetrievalDataset:

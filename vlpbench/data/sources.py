@@ -1,7 +1,7 @@
 """The pre-training data sources (``data.source``): one opener per format, one registry.
 
 An opener takes the data config, the annotations the run falls back on (``data.pretrain``, or the
-embedded dataset's), the training transform and the run's skip report, and returns the pairs as
+embedded dataset's), the training transform, the run's skip report and a log, and returns the pairs as
 a dataset the trainer batches (``vlpbench.data.loading``). Adding a format means one module with
 its reader and one entry in ``PRETRAIN_SOURCES``.
 """
@@ -16,8 +16,9 @@ from torch.utils.data import Dataset
 
 from vlpbench.config import AnnotationSource, DataConfig
 from vlpbench.data import shards
-from vlpbench.data.datasets import (ImageCaptions, PretrainDataset, SkipReport, captions_of, load_image_captions,
-                                    pairs_of)
+from vlpbench.data.datasets import ImageCaptions, SkipReport, captions_of, load_source, pairs_of
+from vlpbench.data.embedded import default_root
+from vlpbench.data.index import PretrainDataset, open_pair_index
 from vlpbench.data.loading import BatchStream
 from vlpbench.data.transforms import ImageTransform
 
@@ -33,14 +34,21 @@ class PretrainData:
 
 
 def open_albef_json(cfg: DataConfig, annotations: AnnotationSource, transform: ImageTransform,
-                    skips: SkipReport) -> PretrainData:
-    entries = load_image_captions(annotations.ann_files, annotations.image_root, cfg.on_bad_record, cfg.verify_images,
-                                  skips, SKIP_HINT)
-    return PretrainData(PretrainDataset(entries, transform), entries, lambda: captions_of(entries))
+                    skips: SkipReport, log=print) -> PretrainData:
+    """The records as a ``PairIndex`` (cached, one build per node); the embedded set's also as
+    entries, which the uni-modal warm start reads."""
+    index = open_pair_index(annotations, cfg.on_bad_record, cfg.verify_images, skips, SKIP_HINT, index_cache(cfg), log)
+    entries = [] if cfg.pretrain is not None else load_source(annotations, cfg.on_bad_record, cfg.verify_images,
+                                                              SkipReport(), SKIP_HINT)
+    return PretrainData(PretrainDataset(index, transform), entries, index.captions)
+
+
+def index_cache(cfg: DataConfig) -> Path:
+    return Path(cfg.index_cache) if cfg.index_cache else Path(cfg.embedded.root or default_root()) / "index"
 
 
 def open_webdataset(cfg: DataConfig, annotations: AnnotationSource, transform: ImageTransform,
-                    skips: SkipReport) -> PretrainData:
+                    skips: SkipReport, log=print) -> PretrainData:
     """``data.shards.urls``; unset, the embedded set's pairs written as shards beside it on first
     use (its records are then the warm start's and the tokenizer's, as with ``albef_json``)."""
     settings = cfg.shards
@@ -48,11 +56,11 @@ def open_webdataset(cfg: DataConfig, annotations: AnnotationSource, transform: I
         found = shards.open_shards(settings.urls)
         return PretrainData(shards.ShardStream(found, transform, settings.shuffle_buffer), [],
                             lambda: shards.shard_captions(found))
-    entries = load_image_captions(annotations.ann_files, annotations.image_root, cfg.on_bad_record, cfg.verify_images,
-                                  skips, SKIP_HINT)
+    entries = load_source(annotations, cfg.on_bad_record, cfg.verify_images, skips, SKIP_HINT)
     folder = Path(annotations.image_root) / f"shards-{settings.samples_per_shard}"
     if not folder.is_dir():
-        shards.write_shards(pair_files(entries), folder, settings.samples_per_shard)
+        written = shards.write_shards(pair_files(entries), folder, settings.samples_per_shard)
+        log(f"wrote the embedded set's {written['num_samples']} pairs as {len(written['shards'])} shards: {folder}")
     found = shards.open_shards(str(folder / shards.read_manifest(folder)["pattern"]))
     return PretrainData(shards.ShardStream(found, transform, settings.shuffle_buffer), entries,
                         lambda: captions_of(entries))

@@ -15,7 +15,7 @@ from torch import nn
 
 from vlpbench.config import AnnotationSource, ExperimentConfig, TaskConfig
 from vlpbench.data.captions import CONTENT_WORDS
-from vlpbench.data.datasets import SkipReport, load_image, load_records
+from vlpbench.data.datasets import SkipReport, load_image, load_records, record_reader
 from vlpbench.data.embedded import ensure_embedded_dataset
 from vlpbench.data.transforms import ImageTransform
 from vlpbench.method import FusedPair, VLPMethod
@@ -131,7 +131,7 @@ class DownstreamTask(abc.ABC):
         records = load_records(source.ann_files, source.image_root, parse, self.cfg.data.on_bad_record,
                                self.cfg.data.verify_images, self.skips,
                                f"set data.on_bad_record: skip (downstream.{self.name}.data.{split}; "
-                               "vlpbench downstream takes -o data.on_bad_record=skip)")
+                               "vlpbench downstream takes -o data.on_bad_record=skip)", record_reader(source))
         limit = self.task_cfg.data.max_test_records if split == "test" else None
         return records[:limit] if limit else records
 

@@ -126,6 +126,8 @@ def run_task(run: RunDir, cfg: ExperimentConfig, name: str, device: torch.device
                               f"`vlpbench downstream {run.path}` resumes it")
     with eval_mode(model):
         evaluation = task.evaluate(model, device)
+    if "server_result" in evaluation:  # every test answer as the benchmark's server takes them (VQA)
+        write_json(task_run.path / f"{name}_result.json", evaluation.pop("server_result"))
     result = {"task": name, **evaluation, "image_size": image_size, "train": train,
               "skipped_records": task.skips.as_dict()}
     write_json(done, result)

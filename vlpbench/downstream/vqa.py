@@ -8,9 +8,13 @@
 - ``classification`` (LightVLP Sec. 4): an MLP on the fused [CLS] state over the answer list,
   binary cross-entropy against the answers' scores.
 
-Records (ALBEF format): ``{question_id, image, question, answer: str | [str, ..]}``. Score of a
-prediction: with one answer, 1 if it matches; with several (one per annotator), VQA's soft score
-min(#annotators who gave it / 3, 1). Answers are compared lower-cased and stripped.
+Records (ALBEF's released files): ``{question_id, image, question, answer: str | [str, ..],
+dataset}``. ``dataset: vg`` marks Visual Genome QA (ALBEF's ``vg_qa.json``): its image is read from
+``vg_image_root`` and its one answer weighs ``vg_answer_weight`` (ALBEF's code: 0.5) in training.
+Score of a prediction: with one answer, 1 if it matches; with several (one per annotator), VQA's
+soft score min(#annotators who gave it / 3, 1). Answers are compared lower-cased and stripped.
+Test records without answers (ALBEF's ``vqa_test.json``, scored by the VQA server) are answered,
+and the answers written as the server takes them (``vqa_result.json``: ``[{question_id, answer}]``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from vlpbench.zoo.answer_decoder import AnswerDecoder, rank_candidates
 class VQARecord:
     image: Path
     question: str
-    answers: list[str]
+    answers: list[str]  # empty: a test record without answers (the VQA server scores it)
+    question_id: int | str | None = None
+    visual_genome: bool = False  # ``dataset: vg``: one answer, weighted vg_answer_weight
 
 
 def normalise(answer: str) -> str:
@@ -54,15 +60,27 @@ def answer_scores(answers: list[str]) -> dict[str, float]:
     return {answer: min(count / 3.0, 1.0) for answer, count in Counter(answers).items()}
 
 
-def parse_vqa(record, root: Path, source: str, verify_images: bool) -> VQARecord:
+def vqa_parser(vg_root: str | None, answers_required: bool):
+    """``parse_vqa`` for one split: a ``dataset: vg`` record's image under ``vg_root``; a test split
+    takes records without answers."""
+    def parse(record, root: Path, source: str, verify: bool) -> VQARecord:
+        return parse_vqa(record, root, verify, vg_root, answers_required)
+    return parse
+
+
+def parse_vqa(record, root: Path, verify: bool, vg_root: str | None = None,
+              answers_required: bool = True) -> VQARecord:
     question = text_field(record, "question", "'image', 'question' and 'answer'")
-    answers = record.get("answer")
+    visual_genome = record.get("dataset") == "vg"
+    if visual_genome and vg_root is None:
+        raise RecordError("a 'dataset': 'vg' record's image is under downstream.vqa.vg_image_root, which is unset")
+    answers = record.get("answer", [] if not answers_required else None)
     answers = [answers] if isinstance(answers, str) else answers
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-        raise RecordError("'answer' must be a non-empty string or list of them (test answers too: vlpbench scores "
-                          "locally)", f"got {record.get('answer')!r}")
-    return VQARecord(check_image(record.get("image"), root, verify_images), question,
-                     [normalise(a) for a in answers])
+    if not isinstance(answers, list) or (answers_required and not answers) or not all(
+            isinstance(a, str) and a.strip() for a in answers):
+        raise RecordError("'answer' must be a non-empty string or list of them", f"got {record.get('answer')!r}")
+    image = check_image(record.get("image"), Path(vg_root) if visual_genome else root, verify)
+    return VQARecord(image, question, [normalise(a) for a in answers], record.get("question_id"), visual_genome)
 
 
 class VQAClassifier(TaskModel):
@@ -113,6 +131,8 @@ class VQAGenerator(TaskModel):
 class VQATaskConfig(TaskConfig):
     head: Literal["generation", "classification"] = "generation"  # ALBEF / LightVLP
     answer_list: str | None = None  # JSON list of candidate answers (ALBEF: 3,128); None: the training answers
+    vg_image_root: str | None = None  # where the images of ``dataset: vg`` records are (ALBEF's vg_root)
+    vg_answer_weight: float = Field(0.5, gt=0.0)  # a VG answer's training weight (ALBEF's vqa_dataset: 0.5)
     k_test: int = Field(128, ge=1)  # candidates the first-token filter keeps for full-sequence scoring
 
 
@@ -123,7 +143,7 @@ class VQATask(DownstreamTask):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.train_records = self.open_records("train", parse_vqa)
+        self.train_records = self.open_records("train", vqa_parser(self.task_cfg.vg_image_root, True))
         self.answers = self.answer_list()
         self.answer_index = {a: i for i, a in enumerate(self.answers)}
 
@@ -140,22 +160,31 @@ class VQATask(DownstreamTask):
             raise ConfigError(f"downstream.vqa.answer_list: {path}: expected a non-empty JSON list of answer strings")
         return list(dict.fromkeys(normalise(a) for a in answers))
 
+    def training_scores(self, record: VQARecord) -> dict[str, float]:
+        if record.visual_genome:
+            return {answer: self.task_cfg.vg_answer_weight for answer in record.answers}
+        return answer_scores(record.answers)
+
     def train_dataset(self) -> KeyedDataset:
-        return KeyedDataset(self.train_records, lambda r, generator: (self.image(r.image, generator), r.question, r.answers))
+        return KeyedDataset(self.train_records, lambda r, generator: (self.image(r.image, generator), r.question,
+                                                                      self.training_scores(r)))
 
     def collate(self, items: list) -> TaskBatch:
+        """Items ``(image, question, {answer: score})``."""
         images, questions, answers = zip(*items)
         input_ids, attention_mask = self.tokenize(list(questions))
         batch = TaskBatch(torch.stack(images), input_ids, attention_mask)
         if self.task_cfg.head == "classification":
             batch.labels = torch.zeros(len(items), len(self.answers))
             for row, record_answers in enumerate(answers):
-                for answer, score in answer_scores(record_answers).items():
+                for answer, score in record_answers.items():
                     if answer in self.answer_index:
                         batch.labels[row, self.answer_index[answer]] = score
             return batch
         flat = [(row, answer, score) for row, record_answers in enumerate(answers)
-                for answer, score in answer_scores(record_answers).items()]
+                for answer, score in record_answers.items()]
+        if not flat:  # test questions: nothing to score against
+            return batch
         answer_ids, answer_mask = self.tokenize([answer for _, answer, _ in flat])
         batch.extra = {"answer_ids": answer_ids, "answer_mask": answer_mask,
                        "answer_weight": torch.tensor([score for _, _, score in flat]),
@@ -172,7 +201,7 @@ class VQATask(DownstreamTask):
         candidate_ids, candidate_mask = (t.to(device) for t in self.tokenize(self.answers))
         predicted = []
         for chunk in self.eval_batches(records):
-            batch = self.collate([(self.image(r.image), r.question, r.answers) for r in chunk]).to(device)
+            batch = self.collate([(self.image(r.image), r.question, {}) for r in chunk]).to(device)
             if isinstance(model, VQAClassifier):
                 best = model.logits(batch).argmax(dim=1)
             else:
@@ -181,12 +210,19 @@ class VQATask(DownstreamTask):
         return predicted
 
     def evaluate(self, model: TaskModel, device: torch.device) -> dict:
-        records = self.open_records("test", parse_vqa)
+        """Accuracy on the test records that have answers; every record's answer, for the VQA server."""
+        records = self.open_records("test", vqa_parser(self.task_cfg.vg_image_root, False))
         predicted = self.predictions(model, records, device)
-        scores = [answer_scores(r.answers) for r in records]
-        result = {"metrics": {"accuracy": _mean_score(predicted, scores)}, "baselines": self.baselines(records, scores),
-                  "num_test": len(records), "answers": len(self.answers), "head": self.task_cfg.head,
-                  "test_answers_outside_list": sum(not any(a in self.answer_index for a in s) for s in scores)}
+        answered = [(r, p) for r, p in zip(records, predicted) if r.answers]
+        result = {"metrics": {}, "baselines": {}, "num_test": len(records), "num_test_scored": len(answered),
+                  "answers": len(self.answers), "head": self.task_cfg.head,
+                  "server_result": [{"question_id": r.question_id, "answer": p} for r, p in zip(records, predicted)]}
+        if answered:
+            scored, scored_predictions = (list(t) for t in zip(*answered))
+            scores = [answer_scores(r.answers) for r in scored]
+            result.update(metrics={"accuracy": _mean_score(scored_predictions, scores)},
+                          baselines=self.baselines(scored, scores),
+                          test_answers_outside_list=sum(not any(a in self.answer_index for a in s) for s in scores))
         if isinstance(model, VQAGenerator):
             result["decoder_initialised_tensors"] = list(model.decoder_init)
         return result
