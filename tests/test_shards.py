@@ -38,7 +38,7 @@ def test_shards_hold_the_json_pairs_in_order_with_their_counts(tiny_config, tmp_
     cfg = config_from_dict(tiny_config)
     source = pipeline.pretrain_annotations(cfg.data, log=lambda *_: None)
     entries = load_image_captions(source.ann_files, source.image_root, "error", True, SkipReport())
-    manifest = write_shards(pair_files(entries), tmp_path / "shards", samples_per_shard=10)
+    manifest = write_shards(pair_files(entries), tmp_path / "shards", samples_per_shard=10, shuffle_seed=None)
     assert manifest["num_samples"] == 24 and [s["samples"] for s in manifest["shards"]] == [10, 10, 4]
     shards = open_shards(str(tmp_path / "shards" / manifest["pattern"]))
     written = [(json.loads(s["json"]), s) for shard in shards for s in raw_samples(shard.path)]
@@ -46,6 +46,12 @@ def test_shards_hold_the_json_pairs_in_order_with_their_counts(tiny_config, tmp_
     assert all(s["png"] == e.image.read_bytes() for (_, s), (e, _, _) in zip(written, pairs_of(entries)))
     (tmp_path / "shards" / "manifest.json").unlink()  # counted from the tar headers instead
     assert [s.samples for s in open_shards(str(tmp_path / "shards" / manifest["pattern"]))] == [10, 10, 4]
+    shuffled_order = pairs_of(entries)
+    random.Random(0).shuffle(shuffled_order)  # the default: the pairs in the order seed 0 draws
+    write_shards(pair_files(entries), tmp_path / "shuffled", samples_per_shard=10)
+    written = [json.loads(s["json"]) for shard in open_shards(str(tmp_path / "shuffled" / "shard-{000000..000002}.tar"))
+               for s in raw_samples(shard.path)]
+    assert [(m["caption"], m["match_id"]) for m in written] == [(c, i) for _, c, i in shuffled_order]
 
 
 def test_img2dataset_stats_files_give_the_counts(tmp_path):
@@ -60,6 +66,8 @@ def test_a_missing_shard_is_named(tmp_path):
         pass
     with pytest.raises(DatasetError, match=r"data.shards.urls: .*00001.tar: shard not found"):
         open_shards(str(tmp_path / "{00000..00001}.tar"))
+    with pytest.raises(DatasetError, match=r"the 1 shards of .* hold no sample with an image"):
+        open_shards(str(tmp_path / "00000.tar"))
 
 
 def test_shuffle_buffer_of_one_keeps_the_order_and_a_full_one_is_a_permutation():
@@ -110,7 +118,7 @@ def test_a_bad_image_in_a_shard_is_skipped_named_and_its_slot_filled(tiny_config
     broken = tmp_path / "broken.png"
     broken.write_bytes(entries[1].image.read_bytes()[:40])  # a truncated PNG
     entries[1].image = broken
-    write_shards(pair_files(entries), tmp_path / "shards", samples_per_shard=4)
+    write_shards(pair_files(entries), tmp_path / "shards", samples_per_shard=4, shuffle_seed=None)
     stream = ShardStream(open_shards(str(tmp_path / "shards" / "shard-000000.tar")), ImageTransform(32), 1)
     tokenizer = pipeline.make_tokenizer(cfg, (c for e in entries for c in e.captions))
     batch = next(training_batches(stream, pipeline.Collate(tokenizer, 24), LoaderPlan(4, seed=0)))

@@ -369,7 +369,8 @@ def cmd_data_shard(args) -> int:
     cfg = load_config(args.experiment, args.override).data if args.experiment else DataConfig()
     source, skips = pipeline.pretrain_annotations(cfg), SkipReport()
     entries = load_source(source, cfg.on_bad_record, cfg.verify_images, skips, "pass -o data.on_bad_record=skip")
-    manifest = write_shards(pair_files(entries), out, args.samples_per_shard)
+    manifest = write_shards(pair_files(entries), out, args.samples_per_shard,
+                            None if args.keep_order else args.shuffle_seed)
     skipped = f"; skipped {skips.total} bad records: {skips.summary()}" if skips.total else ""
     print(f"wrote {manifest['num_samples']} pairs in {len(manifest['shards'])} shards{skipped}\n"
           f"train on them with: -o data.source=webdataset -o 'data.shards.urls={out / manifest['pattern']}'")
@@ -567,6 +568,8 @@ def add_data_command(sub) -> None:
                                                      "the embedded data's default parameters if absent")
     shard.add_argument("out", help="the folder to create: shard-000000.tar, .. and manifest.json")
     shard.add_argument("--samples-per-shard", type=int, default=1000)
+    shard.add_argument("--shuffle-seed", type=int, default=0, help="the pairs' order in the shards (default 0)")
+    shard.add_argument("--keep-order", action="store_true", help="write the pairs in the records' order")
     shard.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     shard.set_defaults(func=cmd_data_shard)
 

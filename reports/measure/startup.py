@@ -2,7 +2,7 @@
 
     python reports/measure/startup.py /tmp/startup --records 1000000 --ranks 8 --verify 1000
 
-writes ``/tmp/startup/ann.json`` (records of one caption each; every image a hard link to one
+writes ``/tmp/startup/ann.json`` (records of one caption each; every image a hard link to a
 small JPEG, so paths are real but nothing large is stored), then starts ``--ranks`` processes at
 once, each with its own ``LOCAL_RANK``, that open the set as a run does (``open_pretrain``) and
 fork ``--workers`` processes that read every pair's record, as loader workers do over an epoch.
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+LINKS_PER_FILE = 50_000  # ext4 allows 65,000 hard links to one file
 WORDS = "a the red blue green small large cube sphere cone left right of on near above below two three".split()
 
 
@@ -48,13 +49,14 @@ def write_records(folder: Path, count: int) -> Path:
     from PIL import Image
     images = folder / "img"
     images.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (16, 16), (200, 30, 30)).save(folder / "one.jpg")
     rng = random.Random(0)
     records = []
     for i in range(count):
-        name = images / f"{i:07d}.jpg"
+        name, original = images / f"{i:07d}.jpg", folder / f"original-{i // LINKS_PER_FILE}.jpg"
+        if not original.exists():
+            Image.new("RGB", (16, 16), (200, 30, 30)).save(original)
         if not name.exists():
-            os.link(folder / "one.jpg", name)
+            os.link(original, name)
         records.append({"image": f"img/{i:07d}.jpg", "caption": " ".join(rng.choices(WORDS, k=12))})
     ann.write_text(json.dumps(records))
     (folder / "count.json").write_text(json.dumps(count))

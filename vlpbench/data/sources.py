@@ -57,7 +57,7 @@ def open_webdataset(cfg: DataConfig, annotations: AnnotationSource, transform: I
         return PretrainData(shards.ShardStream(found, transform, settings.shuffle_buffer), [],
                             lambda: shards.shard_captions(found))
     entries = load_source(annotations, cfg.on_bad_record, cfg.verify_images, skips, SKIP_HINT)
-    folder = Path(annotations.image_root) / f"shards-{settings.samples_per_shard}"
+    folder = Path(annotations.image_root) / f"shards-{settings.samples_per_shard}-shuffled"
     if not folder.is_dir():
         written = shards.write_shards(pair_files(entries), folder, settings.samples_per_shard)
         log(f"wrote the embedded set's {written['num_samples']} pairs as {len(written['shards'])} shards: {folder}")
